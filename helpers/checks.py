@@ -26,11 +26,15 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
+
+import numpy as np
+import torch
 
 from helpers.environment import runs_root
 
@@ -121,7 +125,20 @@ class Exercise:
         return f"<exercise {self.lesson}/{self.name}: {self.title}>"
 
     def evaluate(self, *args, **kwargs) -> Verdict:
-        """The verdict for this answer, without showing or recording it."""
+        """The verdict for this answer, without showing or recording it.
+
+        Checking leaves Python's, NumPy's and PyTorch's random states as they were, so running a
+        check cell never changes the random numbers the rest of the notebook draws.
+        """
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng():
+                return self._evaluate(*args, **kwargs)
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+    def _evaluate(self, *args, **kwargs) -> Verdict:
         if any(_is_placeholder(a) for a in (*args, *kwargs.values())):
             return self._verdict(
                 NOT_ATTEMPTED, "Replace the `...` placeholder with your code, then run the check again."

@@ -81,7 +81,7 @@ class CheckVerdicts(_NotebookItem):
             for name in sorted(set(records) - set(exercises.names)):
                 problems.append(f"{name}: a verdict for an exercise the lesson does not define")
         if elapsed > NOTEBOOK_BUDGET_SECONDS:
-            problems.append(f"took {elapsed:.1f} s, over the {NOTEBOOK_BUDGET_SECONDS:.0f} s budget")
+            problems.append(f"took {elapsed:.1f} s, over the {NOTEBOOK_BUDGET_SECONDS:g} s budget")
         if problems:
             raise AssertionError(f"{self.notebook.parent.name}/{self.notebook.name}:\n  " + "\n  ".join(problems))
 
@@ -124,4 +124,4 @@ def pytest_terminal_summary(terminalreporter):
     if rows:
         terminalreporter.section("notebook run times")
         for name, seconds in sorted(rows):
-            terminalreporter.write_line(f"{seconds:6.1f} s of {NOTEBOOK_BUDGET_SECONDS:.0f} s  {name}")
+            terminalreporter.write_line(f"{seconds:6.1f} s of {NOTEBOOK_BUDGET_SECONDS:g} s  {name}")

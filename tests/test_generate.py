@@ -1,0 +1,224 @@
+"""The generator: solution regions become placeholders; headers, ids, outputs and the syllabus."""
+
+import textwrap
+
+import nbformat
+import pytest
+
+from helpers import config
+from helpers.generate import (
+    HEADER_ID,
+    SETUP_ID,
+    SYLLABUS_BEGIN,
+    SYLLABUS_END,
+    GeneratorError,
+    generate,
+    main,
+    out_of_date,
+    strip_solutions,
+)
+
+META = {
+    "title": "A demo",
+    "summary": "Demo things",
+    "learn": ["one thing", "another"],
+    "prerequisites": "none",
+    "time_cpu": "about 1 s",
+    "time_gpu": "not needed",
+}
+
+
+def code(text):
+    return textwrap.dedent(text).strip("\n")
+
+
+# ---- strip_solutions --------------------------------------------------------------------------
+
+def test_assignments_become_ellipsis_placeholders():
+    source = code("""
+        import torch
+        ### BEGIN SOLUTION
+        keys = sorted(model.state_dict())
+        first, last = keys[0], keys[-1]
+        ### END SOLUTION
+        ex.q1.check(keys)
+    """)
+    assert strip_solutions(source) == code("""
+        import torch
+        keys = ...  # YOUR CODE HERE
+        first = ...  # YOUR CODE HERE
+        last = ...  # YOUR CODE HERE
+        ex.q1.check(keys)
+    """)
+
+
+def test_a_function_body_with_return_becomes_raise_not_implemented():
+    source = code("""
+        def f(x):
+            # A comment that stays.
+            ### BEGIN SOLUTION
+            y = x * 2
+            return y
+            ### END SOLUTION
+    """)
+    assert strip_solutions(source) == code("""
+        def f(x):
+            # A comment that stays.
+            raise NotImplementedError  # YOUR CODE HERE
+    """)
+
+
+def test_a_whole_function_keeps_its_signature_and_docstring():
+    source = code('''
+        ### BEGIN SOLUTION
+        def upgrade(old, *, prefix="a."):
+            """Rename keys."""
+            return {prefix + k: v for k, v in old.items()}
+        ### END SOLUTION
+    ''')
+    stub = strip_solutions(source)
+    assert stub.splitlines()[0] == "def upgrade(old, *, prefix='a.'):"
+    assert '"""Rename keys."""' in stub and stub.endswith("raise NotImplementedError()  # YOUR CODE HERE")
+    assert "prefix + k" not in stub
+    namespace = {}
+    exec(stub, namespace)
+    with pytest.raises(NotImplementedError):
+        namespace["upgrade"]({})
+
+
+def test_statements_without_a_result_become_pass():
+    source = "def save(m, p):\n    ### BEGIN SOLUTION\n    torch.save(m.state_dict(), p)\n    ### END SOLUTION\n"
+    assert strip_solutions(source) == "def save(m, p):\n    pass  # YOUR CODE HERE"
+
+
+def test_every_placeholder_is_code_that_runs():
+    source = code("""
+        def g():
+            ### BEGIN SOLUTION
+            print("solution")
+            ### END SOLUTION
+        ### BEGIN SOLUTION
+        answer = 42
+        ### END SOLUTION
+        g()
+    """)
+    namespace = {}
+    exec(strip_solutions(source), namespace)
+    assert namespace["answer"] is Ellipsis
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("### BEGIN SOLUTION\nx = 1\n", "BEGIN SOLUTION without an"),
+        ("x = 1\n### END SOLUTION\n", "END SOLUTION without a"),
+        ("### BEGIN SOLUTION\n### BEGIN SOLUTION\nx = 1\n### END SOLUTION\n", "inside another"),
+        ("### BEGIN SOLUTION\nx = (1,\n### END SOLUTION\n)\n", "not valid Python by itself"),
+    ],
+)
+def test_unbalanced_or_broken_regions_are_refused_with_their_place(source, message):
+    with pytest.raises(GeneratorError, match=message) as error:
+        strip_solutions(source, "solutions/07_x.ipynb, cell 4")
+    assert "solutions/07_x.ipynb, cell 4" in str(error.value)
+
+
+# ---- whole notebooks in a scratch repository ---------------------------------------------------
+
+@pytest.fixture
+def repo(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "helpers").mkdir()
+    (tmp_path / "solutions").mkdir()
+    (tmp_path / "README.md").write_text(f"# Course\n\n{SYLLABUS_BEGIN}\nold table\n{SYLLABUS_END}\n\nEnd.\n")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["course"] = dict(META)
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("## Intro", id="intro"),
+        nbformat.v4.new_code_cell("### BEGIN SOLUTION\nanswer = 6 * 7\n### END SOLUTION\nprint(answer)", id="q1-answer"),
+    ]
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", text="42\n")]
+    nb.cells[1].execution_count = 3
+    nbformat.write(nb, tmp_path / "solutions" / "01_demo.ipynb")
+    return tmp_path
+
+
+def read(path):
+    return nbformat.read(path, as_version=4)
+
+
+def test_generate_writes_the_student_version_and_stamps_both(repo):
+    written = generate(repo)
+    assert {p.relative_to(repo).as_posix() for p in written} == {
+        "solutions/01_demo.ipynb", "notebooks/01_demo.ipynb", "README.md"}
+    student, solution = read(repo / "notebooks" / "01_demo.ipynb"), read(repo / "solutions" / "01_demo.ipynb")
+    assert [c.id for c in student.cells] == [c.id for c in solution.cells] == [HEADER_ID, SETUP_ID, "intro", "q1-answer"]
+    assert student.cells[3].source == "answer = ...  # YOUR CODE HERE\nprint(answer)"
+    assert "6 * 7" in solution.cells[3].source
+    for nb in (student, solution):
+        assert nb.nbformat == 4 and nb.nbformat_minor == 5
+        assert all(c.outputs == [] and c.execution_count is None for c in nb.cells if c.cell_type == "code")
+        assert config.REPOSITORY in nb.cells[1].source and "google.colab" in nb.cells[1].source
+    assert config.colab_url("notebooks/01_demo.ipynb") in student.cells[0].source
+    assert config.colab_url("solutions/01_demo.ipynb") in solution.cells[0].source
+    assert "# Lesson 01 · A demo" in student.cells[0].source and "- another" in student.cells[0].source
+
+
+def test_generate_is_idempotent_and_check_mode_sees_drift(repo):
+    generate(repo)
+    assert out_of_date(repo) == [] and generate(repo) == []
+    student = repo / "notebooks" / "01_demo.ipynb"
+    nb = read(student)
+    nb.cells[3].source = "answer = 42  # edited by hand"
+    nbformat.write(nb, student)
+    assert out_of_date(repo) == [student]
+    generate(repo)
+    assert "YOUR CODE HERE" in read(student).cells[3].source
+
+
+def test_setup_cell_does_nothing_outside_colab(repo, monkeypatch):
+    generate(repo)
+    monkeypatch.chdir(repo)
+    exec(read(repo / "notebooks" / "01_demo.ipynb").cells[1].source, {})
+    assert sorted(p.name for p in repo.iterdir()) == ["README.md", "helpers", "notebooks", "pyproject.toml", "solutions"]
+
+
+def test_readme_syllabus_is_rewritten_between_its_markers(repo):
+    generate(repo)
+    readme = (repo / "README.md").read_text()
+    assert "old table" not in readme and readme.endswith("\n\nEnd.\n")
+    assert "| 01 | [A demo](notebooks/01_demo.ipynb) | Demo things |" in readme
+    assert config.colab_url("notebooks/01_demo.ipynb") in readme
+
+
+def test_a_generated_notebook_without_a_source_is_deleted(repo):
+    generate(repo)
+    orphan = repo / "notebooks" / "02_gone.ipynb"
+    orphan.write_text((repo / "notebooks" / "01_demo.ipynb").read_text())
+    assert orphan in generate(repo) and not orphan.exists()
+
+
+def test_missing_metadata_and_markdown_markers_are_refused(repo):
+    path = repo / "solutions" / "01_demo.ipynb"
+    nb = read(path)
+    del nb.metadata["course"]["time_gpu"]
+    nbformat.write(nb, path)
+    with pytest.raises(GeneratorError, match="01_demo.ipynb: metadata\\['course'\\] lacks time_gpu"):
+        generate(repo)
+    nb.metadata["course"]["time_gpu"] = "x"
+    nb.cells.append(nbformat.v4.new_markdown_cell("### BEGIN SOLUTION\nsecret\n### END SOLUTION", id="md"))
+    nbformat.write(nb, path)
+    with pytest.raises(GeneratorError, match="cell 4 \\(id md\\): solution markers only work in code cells"):
+        generate(repo)
+
+
+def test_main_check_mode_exit_codes(repo, monkeypatch, capsys):
+    monkeypatch.chdir(repo)
+    assert main(["--check"]) == 1
+    assert "out of date: notebooks/01_demo.ipynb" in capsys.readouterr().out
+    assert main([]) == 0
+    assert main(["--check"]) == 0
+    nb = read(repo / "solutions" / "01_demo.ipynb")
+    nb.cells[3].source = "### BEGIN SOLUTION\nx = 1"
+    nbformat.write(nb, repo / "solutions" / "01_demo.ipynb")
+    assert main([]) == 2
+    assert "BEGIN SOLUTION without an" in capsys.readouterr().err
