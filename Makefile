@@ -6,6 +6,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # Extra arguments for JupyterLab, e.g. `make lab LAB_ARGS="--no-browser --port 8899"`.
 LAB_ARGS ?=
+# Jupyter refuses to start as root (containers, some VMs) unless told it may.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 # Extra arguments for pytest, e.g. `make test PYTEST_ARGS="-k state_dict"`.
 PYTEST_ARGS ?=
 # Notebook runs use one worker per core (2 in CI), each notebook on one worker.
@@ -39,7 +41,7 @@ install-test: $(VENV)/.installed-test
 
 lab: install
 	@echo "Starting JupyterLab on notebooks/; open the http://127.0.0.1:... URL it prints below."
-	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(ALLOW_ROOT) $(LAB_ARGS)
 
 # One thread per process: the notebooks run on parallel workers, and two multi-threaded
 # PyTorch processes on two cores slow each other down many times over.

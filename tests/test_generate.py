@@ -222,3 +222,36 @@ def test_main_check_mode_exit_codes(repo, monkeypatch, capsys):
     nbformat.write(nb, repo / "solutions" / "01_demo.ipynb")
     assert main([]) == 2
     assert "BEGIN SOLUTION without an" in capsys.readouterr().err
+
+
+def test_setup_cell_in_colab_clones_installs_once_leaves_torch_alone_and_moves_in(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+    import types
+    from pathlib import Path
+
+    from helpers.generate import setup_code
+
+    clone = tmp_path / "course"
+    monkeypatch.setattr(config, "COLAB_CLONE_DIR", str(clone))
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    calls = []
+
+    def fake_run(command, check):
+        assert check is True  # a failed clone or install must stop the notebook
+        calls.append(command)
+        if command[0] == "git":
+            os.makedirs(command[-1])
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):  # running the cell twice is harmless
+        exec(setup_code(), {})
+    assert len(calls) == 2, calls
+    clone_command, install_command = calls
+    assert clone_command[:2] == ["git", "clone"] and config.repository_url() in clone_command
+    assert "--depth" in clone_command and config.BRANCH in clone_command
+    # Non-editable (an editable install is not importable before a restart), nothing but the course:
+    assert install_command[1:] == ["-m", "pip", "install", "--quiet", f"{clone}[colab]"]
+    assert Path.cwd() == clone

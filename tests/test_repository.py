@@ -98,3 +98,12 @@ def test_requirements_let_torchvision_choose_torch():
     assert "torchvision" in requirements and "==" not in requirements["torchvision"]
     for needed in ("torchsummary", "matplotlib", "jupyterlab", "nbval", "tqdm"):
         assert needed in requirements
+
+
+def test_installing_the_helpers_never_pulls_in_torch():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    packages = project["dependencies"] + project["optional-dependencies"]["colab"]
+    names = {re.split(r"[<>=!~\[ ]", p)[0].lower() for p in packages}
+    assert not names & {"torch", "torchvision", "numpy"}, "Colab's own torch must never be reinstalled"
