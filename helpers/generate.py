@@ -169,11 +169,12 @@ def header_markdown(name: str, meta: dict, variant: str) -> str:
 
 
 def setup_code() -> str:
-    """The setup cell: installs the course in Colab, does nothing anywhere else."""
+    """The setup cell: installs the course in Colab; elsewhere checks the helpers import."""
     return textwrap.dedent(
         f"""\
         # Setup. In Google Colab this fetches the course and installs its helpers (under a
-        # minute, torch is left alone); anywhere else it does nothing. Running it again is harmless.
+        # minute, torch is left alone). Anywhere else it only checks that the helpers can be
+        # imported. Running it again is harmless.
         import os, subprocess, sys
         if "google.colab" in sys.modules:
             COURSE_DIR = "{config.COLAB_CLONE_DIR}"
@@ -183,7 +184,15 @@ def setup_code() -> str:
             if not os.path.exists(os.path.join(COURSE_DIR, ".colab-installed")):
                 subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", COURSE_DIR + "[colab]"], check=True)
                 open(os.path.join(COURSE_DIR, ".colab-installed"), "w").close()
-            os.chdir(COURSE_DIR)"""
+            os.chdir(COURSE_DIR)
+        else:
+            try:
+                import helpers.checks
+            except ModuleNotFoundError:
+                raise ModuleNotFoundError(
+                    "This kernel can't import the course helpers. In the course folder run `make lab`, "
+                    "or `pip install -e .` in the Python this kernel uses, then restart the kernel."
+                ) from None"""
     )
 
 

@@ -175,11 +175,22 @@ def test_generate_is_idempotent_and_check_mode_sees_drift(repo):
     assert "YOUR CODE HERE" in read(student).cells[3].source
 
 
-def test_setup_cell_does_nothing_outside_colab(repo, monkeypatch):
+def test_setup_cell_changes_nothing_outside_colab(repo, monkeypatch):
     generate(repo)
     monkeypatch.chdir(repo)
     exec(read(repo / "notebooks" / "01_demo.ipynb").cells[1].source, {})
     assert sorted(p.name for p in repo.iterdir()) == ["README.md", "helpers", "notebooks", "pyproject.toml", "solutions"]
+
+
+def test_setup_cell_says_how_to_install_the_helpers_when_they_are_missing(monkeypatch):
+    import sys
+
+    from helpers.generate import setup_code
+
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    monkeypatch.setitem(sys.modules, "helpers.checks", None)  # as if the helpers were not installed
+    with pytest.raises(ModuleNotFoundError, match="can't import the course helpers.*make lab.*pip install -e ."):
+        exec(setup_code(), {})
 
 
 def test_readme_syllabus_is_rewritten_between_its_markers(repo):

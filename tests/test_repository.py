@@ -101,7 +101,10 @@ def test_requirements_let_torchvision_choose_torch():
 
 
 def test_installing_the_helpers_never_pulls_in_torch():
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: pytest brings tomli
+        import tomli as tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     packages = project["dependencies"] + project["optional-dependencies"]["colab"]
