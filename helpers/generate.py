@@ -329,6 +329,7 @@ def generate(root: Path | None = None) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: regenerate (exit 0), or with ``--check`` report drift (exit 1); 2 on a refused notebook."""
     parser = argparse.ArgumentParser(prog="python -m helpers.generate", description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if anything is out of date")
     args = parser.parse_args(argv)
