@@ -302,30 +302,31 @@ def planned_files(root: Path | None = None) -> dict[Path, str | None]:
     return planned
 
 
-def out_of_date(root: Path | None = None) -> list[Path]:
-    """The managed files whose content differs from what the generator would write."""
-    stale = []
+def _changes(root: Path | None) -> list[tuple[Path, str | None]]:
+    """The managed files whose content differs from the planned text, with that text."""
+    changes = []
     for path, text in planned_files(root).items():
         current = path.read_text(encoding="utf-8") if path.exists() else None
         if current != text:
-            stale.append(path)
-    return stale
+            changes.append((path, text))
+    return changes
+
+
+def out_of_date(root: Path | None = None) -> list[Path]:
+    """The managed files whose content differs from what the generator would write."""
+    return [path for path, _ in _changes(root)]
 
 
 def generate(root: Path | None = None) -> list[Path]:
     """Write every out-of-date managed file; returns the paths written or deleted."""
-    changed = []
-    for path, text in planned_files(root).items():
-        current = path.read_text(encoding="utf-8") if path.exists() else None
-        if current == text:
-            continue
+    changes = _changes(root)
+    for path, text in changes:
         if text is None:
             path.unlink()
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
-        changed.append(path)
-    return changed
+    return [path for path, _ in changes]
 
 
 def main(argv: list[str] | None = None) -> int:

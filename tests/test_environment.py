@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import environment
 from helpers.environment import (
     DeviceUnavailableError,
     environment_summary,
@@ -114,7 +113,3 @@ def test_run_dir_refuses_names_that_would_escape_or_collide(bad):
     with pytest.raises(ValueError, match="plain folder name"):
         run_dir(bad)
 
-
-def test_module_exports_are_documented():
-    for name in ("seed_everything", "pick_device", "in_colab", "environment_summary", "repo_root", "run_dir", "runs_root", "variant_of"):
-        assert getattr(environment, name).__doc__
