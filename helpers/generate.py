@@ -75,6 +75,8 @@ def _placeholder_lines(region: str) -> list[str]:
             docstring = ast.get_docstring(node, clean=False)
             stub.body = [ast.Expr(ast.Constant(docstring))] if docstring is not None else []
             stub.body.append(ast.Raise(ast.Call(ast.Name("NotImplementedError"), [], [])))
+            if lines:
+                lines += ["", ""]  # two blank lines between definitions, as PEP 8 has them
             for line in ast.unparse(ast.fix_missing_locations(stub)).splitlines():
                 lines.append(line)
             lines[-1] += "  # YOUR CODE HERE"

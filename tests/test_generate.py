@@ -86,6 +86,20 @@ def test_a_whole_function_keeps_its_signature_and_docstring():
         namespace["upgrade"]({})
 
 
+def test_two_functions_in_one_region_stay_two_blank_lines_apart():
+    source = code('''
+        ### BEGIN SOLUTION
+        def save(path):
+            return 1
+        def load(path):
+            return 2
+        ### END SOLUTION
+    ''')
+    stub = strip_solutions(source)
+    assert "# YOUR CODE HERE\n\n\ndef load(path):" in stub
+    assert not stub.startswith("\n")
+
+
 def test_statements_without_a_result_become_pass():
     source = "def save(m, p):\n    ### BEGIN SOLUTION\n    torch.save(m.state_dict(), p)\n    ### END SOLUTION\n"
     assert strip_solutions(source) == "def save(m, p):\n    pass  # YOUR CODE HERE"
