@@ -224,6 +224,7 @@ def normalized_solution(nb, name: str, where: str):
     """The solutions notebook as it should be committed: header stamped, no outputs."""
     nb = copy.deepcopy(nb)
     meta = course_metadata(nb, where)
+    meta["lesson"] = name  # lets the grader tell a renamed submission's lesson
     _clean(nb)
     body = [c for c in nb.cells if c.get("id") not in (HEADER_ID, SETUP_ID)]
     header = nbformat.v4.new_markdown_cell(header_markdown(name, meta, "solutions"), id=HEADER_ID)

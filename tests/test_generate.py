@@ -172,6 +172,7 @@ def test_generate_writes_the_student_version_and_stamps_both(repo):
         assert nb.nbformat == 4 and nb.nbformat_minor == 5
         assert all(c.outputs == [] and c.execution_count is None for c in nb.cells if c.cell_type == "code")
         assert config.REPOSITORY in nb.cells[1].source and "google.colab" in nb.cells[1].source
+        assert nb.metadata["course"]["lesson"] == "01_demo"  # the grader reads it
     assert config.colab_url("notebooks/01_demo.ipynb") in student.cells[0].source
     assert config.colab_url("solutions/01_demo.ipynb") in solution.cells[0].source
     assert "# Lesson 01 · A demo" in student.cells[0].source and "- another" in student.cells[0].source
