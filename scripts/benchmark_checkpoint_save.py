@@ -5,11 +5,13 @@ layers) and times, in the same folder on the same disk, each write of ``last.pt`
 
 - ``torch.save``             bare ``torch.save(obj, path)``: not crash-safe, the baseline;
 - ``atomic_save``            ``helpers.checkpointing.atomic_save`` (temp file in the same
-                             folder, ``torch.save`` into the open file object, ``flush`` +
+                             folder, ``torch.save`` into the open file object while asking the
+                             OS to start writing to the disk every 4 MB, ``flush`` +
                              ``os.fsync``, ``os.replace``, fsync of the folder);
-- ``atomic, path string``    the same steps, but ``torch.save(obj, tmp_path_string)`` (PyTorch's
-                             C++ writer), then reopening the file to fsync it: the alternative
-                             ``atomic_save`` was measured against;
+- ``atomic, path string``    the same steps without the early writeback:
+                             ``torch.save(obj, tmp_path_string)`` (PyTorch's C++ writer), then
+                             reopening the file to fsync it, so all the disk writing waits for
+                             the fsync;
 - ``atomic_save(fsync=False)``  the pattern without the fsyncs (safe when the process dies,
                              not when the machine loses power);
 - ``torch.save + fsync``     bare ``torch.save`` followed by an fsync: for context, it shows

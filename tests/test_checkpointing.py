@@ -138,6 +138,28 @@ def test_atomic_save_without_fsync_still_renames(tmp_path, monkeypatch):
     assert calls == [] and files_in(tmp_path) == ["fast.pt"]
 
 
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="early writeback uses posix_fadvise (Linux)")
+def test_atomic_save_starts_the_disk_writing_early_for_big_files(tmp_path, monkeypatch):
+    calls = []
+    real = os.posix_fadvise
+
+    def record(fd, offset, length, advice):
+        calls.append((offset, length, advice))
+        return real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", record)
+    big = {"weight": torch.arange(3_000_000, dtype=torch.float32)}  # 12 MB
+    atomic_save(big, tmp_path / "big.pt")
+    assert torch.equal(torch.load(tmp_path / "big.pt", weights_only=True)["weight"], big["weight"])
+    assert len(calls) >= 4 and all(advice == os.POSIX_FADV_DONTNEED for *_, advice in calls)
+    assert [offset for offset, _, _ in calls] == sorted(offset for offset, _, _ in calls)
+    assert all(a + n == b for (a, n, _), (b, _, _) in zip(calls, calls[1:]))  # consecutive ranges
+
+    calls.clear()
+    atomic_save({"small": torch.zeros(10)}, tmp_path / "small.pt")
+    assert calls == []  # a small file goes straight to fsync
+
+
 def test_atomic_save_refuses_a_folder(tmp_path):
     with pytest.raises(CheckpointError, match="is a folder"):
         atomic_save(tiny_state(), tmp_path)
