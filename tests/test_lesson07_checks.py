@@ -1,0 +1,360 @@
+"""Lesson 07's checks accept the solutions and reject plausible wrong answers with a reason."""
+
+import time
+
+import torch
+from torch import nn
+
+from helpers.checks import CORRECT, NOT_ATTEMPTED, WRONG
+from helpers.exercises import lesson07 as ex
+from helpers.models import DigitsCNN
+
+
+def assert_wrong(verdict, *phrases):
+    assert verdict.status == WRONG, verdict
+    for phrase in phrases:
+        assert phrase in verdict.message, verdict.message
+
+
+def placeholder(*args):
+    raise NotImplementedError
+
+
+def trainable(model):
+    return filter(lambda p: p.requires_grad, model.parameters())
+
+
+# ---- q1: freeze the backbone and build the optimizer ----------------------------------------
+
+def freeze_and_make_optimizer(model, lr):
+    model.features.requires_grad_(False)
+    return torch.optim.Adam(trainable(model), lr=lr)
+
+
+def test_q1_accepts_the_solution_and_variants():
+    assert ex.q1.evaluate(freeze_and_make_optimizer).status == CORRECT
+
+    def head_parameters_directly(model, lr):
+        for p in model.features.parameters():
+            p.requires_grad = False
+        return torch.optim.SGD(model.classifier.parameters(), lr=lr)
+
+    assert ex.q1.evaluate(head_parameters_directly).status == CORRECT
+
+
+def test_q1_not_attempted():
+    assert ex.q1.evaluate(placeholder).status == NOT_ATTEMPTED
+    assert ex.q1.evaluate(...).status == NOT_ATTEMPTED
+
+
+def test_q1_rejects_an_optimizer_over_all_parameters():
+    def all_parameters(model, lr):
+        model.features.requires_grad_(False)
+        return torch.optim.Adam(model.parameters(), lr=lr)
+
+    assert_wrong(ex.q1.evaluate(all_parameters), "still holds 8 frozen parameters", "filter(")
+
+
+def test_q1_rejects_freezing_the_head_too():
+    def everything_frozen(model, lr):
+        model.requires_grad_(False)
+        return torch.optim.Adam(trainable(model), lr=lr)
+
+    def freeze_everything_then_optimize_head(model, lr):
+        model.requires_grad_(False)
+        return torch.optim.Adam(model.classifier.parameters(), lr=lr)
+
+    assert_wrong(ex.q1.evaluate(everything_frozen), "every parameter is frozen")
+    assert_wrong(ex.q1.evaluate(freeze_everything_then_optimize_head), "the new classifier too")
+
+
+def test_q1_rejects_forgetting_to_freeze_or_freezing_only_the_convolutions():
+    def no_freeze(model, lr):
+        return torch.optim.Adam(model.parameters(), lr=lr)
+
+    def convs_only(model, lr):
+        for layer in model.features:
+            if isinstance(layer, nn.Conv2d):
+                layer.requires_grad_(False)
+        return torch.optim.Adam(trainable(model), lr=lr)
+
+    assert_wrong(ex.q1.evaluate(no_freeze), "model.features still trains")
+    assert_wrong(ex.q1.evaluate(convs_only), "Part of the backbone still trains", "BatchNorm")
+
+
+def test_q1_rejects_wrong_return_values_and_learning_rate():
+    def no_return(model, lr):
+        model.features.requires_grad_(False)
+        torch.optim.Adam(trainable(model), lr=lr)
+
+    def returns_parameters(model, lr):
+        model.features.requires_grad_(False)
+        return list(trainable(model))
+
+    def default_lr(model, lr):
+        model.features.requires_grad_(False)
+        return torch.optim.Adam(trainable(model))
+
+    assert_wrong(ex.q1.evaluate(no_return), "returned None")
+    assert_wrong(ex.q1.evaluate(returns_parameters), "not a list")
+    assert_wrong(ex.q1.evaluate(default_lr), "lr=0.005")
+
+
+# ---- q2: training mode for the head, eval mode for the frozen backbone ------------------------
+
+def set_training_mode(model):
+    model.train()
+    model.features.eval()
+    return model
+
+
+def test_q2_accepts_the_solution():
+    assert ex.q2.evaluate(set_training_mode).status == CORRECT
+
+
+def test_q2_not_attempted():
+    assert ex.q2.evaluate(placeholder).status == NOT_ATTEMPTED
+
+
+def test_q2_rejects_plain_train_and_the_wrong_order():
+    def plain_train(model):
+        return model.train()
+
+    def wrong_order(model):
+        model.features.eval()
+        return model.train()
+
+    assert_wrong(ex.q2.evaluate(plain_train), "statistics drift", "after model.train()")
+    assert_wrong(ex.q2.evaluate(wrong_order), "statistics drift")
+
+
+def test_q2_rejects_eval_mode_everywhere_and_a_half_set_model():
+    def everything_eval(model):
+        return model.eval()
+
+    def classifier_only(model):
+        model.classifier.train()
+        return model
+
+    assert_wrong(ex.q2.evaluate(everything_eval), "classifier is in eval mode", "dropout")
+    assert_wrong(ex.q2.evaluate(classifier_only), "model.training is False")
+
+
+# ---- q3: a new head of the right size ---------------------------------------------------------
+
+def replace_head(model, num_classes):
+    model.classifier[1] = nn.Linear(model.classifier[1].in_features, num_classes)
+    return model
+
+
+def test_q3_accepts_the_solution():
+    assert ex.q3.evaluate(replace_head).status == CORRECT
+
+
+def test_q3_not_attempted():
+    assert ex.q3.evaluate(placeholder).status == NOT_ATTEMPTED
+
+
+def test_q3_rejects_wrong_sizes():
+    def hard_coded_five(model, num_classes):
+        model.classifier[1] = nn.Linear(512, 5)
+        return model
+
+    def ten_digits(model, num_classes):
+        model.classifier[1] = nn.Linear(512, 10)
+        return model
+
+    assert_wrong(ex.q3.evaluate(hard_coded_five), "(16, 5)", "(16, 3)")
+    assert_wrong(ex.q3.evaluate(ten_digits), "(16, 10)")
+
+
+def test_q3_rejects_wrapping_and_appending():
+    def wrap(model, num_classes):
+        return nn.Sequential(model, nn.Linear(5, num_classes))
+
+    def append(model, num_classes):
+        model.classifier.append(nn.Linear(5, num_classes))
+        return model
+
+    assert_wrong(ex.q3.evaluate(wrap), "wrapped", "Replace model.classifier[1]")
+    assert_wrong(ex.q3.evaluate(append), "still the old layer")
+
+
+def test_q3_rejects_a_frozen_head_a_thawed_backbone_and_a_fresh_model():
+    def freeze_after(model, num_classes):
+        model.classifier[1] = nn.Linear(512, num_classes)
+        return model.requires_grad_(False)
+
+    def unfreeze_all(model, num_classes):
+        model.classifier[1] = nn.Linear(512, num_classes)
+        return model.requires_grad_(True)
+
+    def fresh_model(model, num_classes):
+        return DigitsCNN(num_classes=num_classes)
+
+    def no_return(model, num_classes):
+        model.classifier[1] = nn.Linear(512, num_classes)
+
+    assert_wrong(ex.q3.evaluate(freeze_after), "new layer is frozen")
+    assert_wrong(ex.q3.evaluate(unfreeze_all), "unfroze the backbone")
+    assert_wrong(ex.q3.evaluate(fresh_model), "not the pretrained ones")
+    assert_wrong(ex.q3.evaluate(no_return), "returned None")
+
+
+# ---- q4: parameter groups ---------------------------------------------------------------------
+
+def make_optimizer(model, head_lr, block_lr):
+    model.features[3:].requires_grad_(True)
+    return torch.optim.Adam([
+        {"params": model.classifier.parameters(), "lr": head_lr},
+        {"params": model.features[3:].parameters(), "lr": block_lr},
+    ])
+
+
+def test_q4_accepts_the_solution_and_a_default_lr_variant():
+    assert ex.q4.evaluate(make_optimizer).status == CORRECT
+
+    def default_lr_for_head(model, head_lr, block_lr):
+        model.features[3:].requires_grad_(True)
+        return torch.optim.SGD(
+            [{"params": model.features[3:].parameters(), "lr": block_lr}, {"params": model.classifier.parameters()}],
+            lr=head_lr,
+        )
+
+    assert ex.q4.evaluate(default_lr_for_head).status == CORRECT
+
+
+def test_q4_not_attempted():
+    assert ex.q4.evaluate(placeholder).status == NOT_ATTEMPTED
+
+
+def test_q4_rejects_one_learning_rate():
+    def one_group(model, head_lr, block_lr):
+        model.features[3:].requires_grad_(True)
+        return torch.optim.Adam(filter(lambda p: p.requires_grad, model.parameters()), lr=head_lr)
+
+    def same_lr_twice(model, head_lr, block_lr):
+        model.features[3:].requires_grad_(True)
+        return torch.optim.Adam([
+            {"params": model.classifier.parameters(), "lr": head_lr},
+            {"params": model.features[3:].parameters(), "lr": head_lr},
+        ])
+
+    assert_wrong(ex.q4.evaluate(one_group), "same learning rate")
+    assert_wrong(ex.q4.evaluate(same_lr_twice), "same learning rate")
+
+
+def test_q4_rejects_swapped_rates_missing_and_duplicated_parameters():
+    def swapped(model, head_lr, block_lr):
+        return make_optimizer(model, block_lr, head_lr)
+
+    def conv_only(model, head_lr, block_lr):
+        model.features[3].requires_grad_(True)
+        return torch.optim.Adam([
+            {"params": model.classifier.parameters(), "lr": head_lr},
+            {"params": model.features[3].parameters(), "lr": block_lr},
+        ])
+
+    def in_two_groups(model, head_lr, block_lr):
+        model.features[3:].requires_grad_(True)
+        return torch.optim.Adam([
+            {"params": list(model.classifier.parameters()) + list(model.features[3:].parameters()), "lr": head_lr},
+            {"params": model.features[3:].parameters(), "lr": block_lr},
+        ])
+
+    assert_wrong(ex.q4.evaluate(swapped), "swapped")
+    assert_wrong(ex.q4.evaluate(conv_only), "still frozen", "features.4.weight")
+    assert_wrong(ex.q4.evaluate(in_two_groups), "two groups")
+
+
+def test_q4_rejects_forgetting_to_unfreeze_and_unfreezing_everything():
+    def not_unfrozen(model, head_lr, block_lr):
+        return torch.optim.Adam([
+            {"params": model.classifier.parameters(), "lr": head_lr},
+            {"params": model.features[3:].parameters(), "lr": block_lr},
+        ])
+
+    def everything(model, head_lr, block_lr):
+        model.requires_grad_(True)
+        return torch.optim.Adam([
+            {"params": model.classifier.parameters(), "lr": head_lr},
+            {"params": model.features.parameters(), "lr": block_lr},
+        ])
+
+    assert_wrong(ex.q4.evaluate(not_unfrozen), "still frozen", "requires_grad_(True)")
+    assert_wrong(ex.q4.evaluate(everything), "first block")
+
+
+# ---- q5: save only the head -------------------------------------------------------------------
+
+def save_head(model, path):
+    torch.save(model.classifier.state_dict(), path)
+
+
+def load_head(model, path):
+    model.classifier.load_state_dict(torch.load(path, weights_only=True))
+    return model
+
+
+def test_q5_accepts_the_solution_and_prefixed_keys():
+    assert ex.q5.evaluate(save_head, load_head).status == CORRECT
+
+    def save_prefixed(model, path):
+        torch.save({k: v for k, v in model.state_dict().items() if k.startswith("classifier.")}, path)
+
+    def load_prefixed(model, path):
+        model.load_state_dict(torch.load(path, weights_only=True), strict=False)
+        return model
+
+    assert ex.q5.evaluate(save_prefixed, load_prefixed).status == CORRECT
+
+
+def test_q5_not_attempted():
+    assert ex.q5.evaluate(lambda model, path: None, placeholder).status == NOT_ATTEMPTED
+    assert ex.q5.evaluate(save_head, placeholder).status == NOT_ATTEMPTED
+
+
+def test_q5_rejects_saving_the_whole_model():
+    def whole_state_dict(model, path):
+        torch.save(model.state_dict(), path)
+
+    def pickled_head(model, path):
+        torch.save(model.classifier, path)
+
+    assert_wrong(ex.q5.evaluate(whole_state_dict, load_head), "holds the backbone too")
+    assert_wrong(ex.q5.evaluate(pickled_head, load_head), "pickled module")
+
+
+def test_q5_rejects_a_load_that_does_not_load():
+    def forgets_to_load(model, path):
+        torch.load(path, weights_only=True)
+        return model
+
+    def loads_into_a_copy(model, path):
+        copy = DigitsCNN(num_classes=5)
+        copy.classifier.load_state_dict(torch.load(path, weights_only=True))
+        return copy
+
+    assert_wrong(ex.q5.evaluate(save_head, forgets_to_load), "outputs differ")
+    assert_wrong(ex.q5.evaluate(save_head, loads_into_a_copy), "outputs differ")
+
+
+# ---- all checks: fast, and they leave the learner's random state alone --------------------------
+
+def test_each_check_is_fast_and_keeps_the_random_state():
+    answers = {
+        "q1": (freeze_and_make_optimizer,),
+        "q2": (set_training_mode,),
+        "q3": (replace_head,),
+        "q4": (make_optimizer,),
+        "q5": (save_head, load_head),
+    }
+    assert set(answers) == set(ex.exercises.names)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    for name, args in answers.items():
+        start = time.perf_counter()
+        assert ex.exercises[name].evaluate(*args).status == CORRECT
+        assert time.perf_counter() - start < 1.0, name
+    assert torch.equal(torch.rand(3), expected)
