@@ -8,9 +8,19 @@ repeat earlier ones. Modules:
 - ``helpers.data``         the offline UCI digits data set, splits and DataLoaders
 - ``helpers.models``       the small models the lessons share
 - ``helpers.training``     a plain training step, epoch and evaluation
+- ``helpers.checkpointing`` crash-safe saves, friendly load errors, RNG capture, exact resume,
+  and a manager that rotates checkpoints (lesson 03)
+- ``helpers.state_dicts``  load weights saved from DataParallel, DDP, ``torch.compile`` or nested
+  checkpoints into a plain model (lesson 04)
+- ``helpers.measure``      activation memory (``saved_tensors_hooks``), timing done right on CPU
+  and GPU, GPU peak memory (lessons 05 and 06)
+- ``helpers.gpu_reference`` reference figures measured on a real GPU, for runs without one
+- ``helpers.pretrained``   the course's own pretrained backbone, and the optional ImageNet VGG19
+  (lesson 07)
 - ``helpers.checks``       exercise checks (``ex.q1.check(...)``, ``ex.q1.hint()``)
 - ``helpers.exercises``    one module of checks per lesson
 - ``helpers.generate``     the generator: ``solutions/`` -> ``notebooks/`` (``make notebooks``)
+- ``helpers.grade``        the grader: ``python -m helpers.grade SUBMISSION.ipynb`` (see INSTRUCTORS.md)
 """
 
 __version__ = "0.1.0"
