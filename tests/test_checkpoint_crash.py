@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.checkpointing import _TEMP_RE, CheckpointManager, CheckpointWarning, is_complete_checkpoint, load_checkpoint
+from helpers.checkpointing import _TEMP_RE, CheckpointManager, is_complete_checkpoint, load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
 import checkpoint_crash_child as child  # noqa: E402

@@ -3,15 +3,11 @@
 import pytest
 import torch
 
-from helpers.checks import CORRECT, NOT_ATTEMPTED, WRONG
+from check_testing import assert_wrong
+
+from helpers.checks import CORRECT, NOT_ATTEMPTED
 from helpers.exercises import lesson01 as ex
 from helpers.models import DigitsCNN
-
-
-def assert_wrong(verdict, *phrases):
-    assert verdict.status == WRONG, verdict
-    for phrase in phrases:
-        assert phrase in verdict.message, verdict.message
 
 
 # ---- q1: buffer keys ------------------------------------------------------------------------

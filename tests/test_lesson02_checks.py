@@ -3,26 +3,17 @@
 import importlib
 import shutil
 
-import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from helpers.checks import CORRECT, NOT_ATTEMPTED, WRONG
+from check_testing import assert_wrong, placeholder
+
+from helpers.checks import CORRECT, NOT_ATTEMPTED
 from helpers.exercises import lesson02 as ex
 from helpers.models import DigitsCNN
 
 NEEDED = [DigitsCNN, nn.Sequential, nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Linear]
-
-
-def assert_wrong(verdict, *phrases):
-    assert verdict.status == WRONG, verdict
-    for phrase in phrases:
-        assert phrase in verdict.message, verdict.message
-
-
-def placeholder(*args):
-    raise NotImplementedError
 
 
 def test_helpers_of_the_check_module():

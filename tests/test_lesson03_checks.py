@@ -1,6 +1,5 @@
 """Lesson 03's checks accept the solutions and reject plausible wrong answers with a reason."""
 
-import os
 import pickle
 import random
 import re
@@ -10,19 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from check_testing import assert_wrong, placeholder
+
 from helpers.checkpointing import capture_rng_state, restore_rng_state
 from helpers.checks import CORRECT, NOT_ATTEMPTED, WRONG
 from helpers.exercises import lesson03 as ex
-
-
-def assert_wrong(verdict, *phrases):
-    assert verdict.status == WRONG, verdict
-    for phrase in phrases:
-        assert phrase in verdict.message, verdict.message
-
-
-def placeholder(*args):
-    raise NotImplementedError
 
 
 # ---- q1: make_checkpoint ----------------------------------------------------------------------

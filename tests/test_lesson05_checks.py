@@ -8,14 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.checks import CORRECT, NOT_ATTEMPTED, WRONG
+from check_testing import assert_wrong
+
+from helpers.checks import CORRECT, NOT_ATTEMPTED
 from helpers.exercises import lesson05 as ex
-
-
-def assert_wrong(verdict, *phrases):
-    assert verdict.status == WRONG, verdict
-    for phrase in phrases:
-        assert phrase in verdict.message, verdict.message
 
 
 # ---- q1: the training step ------------------------------------------------------------------
