@@ -83,7 +83,7 @@ def q2(save_weights: Callable[[nn.Module, Path], object], load_weights: Callable
         path = Path(tmp) / "weights.pt"
         save_weights(model, path)
         if not path.exists():
-            raise NotAttempted(f"save_weights(model, path) wrote no file at `path`. Write it with torch.save(..., path).")
+            raise NotAttempted("save_weights(model, path) wrote no file at `path`. Write it with torch.save(..., path).")
         try:
             saved = torch.load(path, weights_only=True)
         except pickle.UnpicklingError:

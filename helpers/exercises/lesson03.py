@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.checks import ExerciseSet, NotAttempted, Wrong
+from helpers.checks import ExerciseSet, Wrong
 from helpers.data import make_loaders
 from helpers.environment import seed_everything
 from helpers.models import DigitsMLP
