@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Callable, Iterator
 
 import numpy as np
@@ -222,3 +224,32 @@ class ExerciseSet:
 
     def __len__(self) -> int:
         return len(self._exercises)
+
+
+def read_state_dict_file(path: str | os.PathLike, what: str = "The file you wrote") -> dict[str, torch.Tensor]:
+    """For checkers: the state_dict a learner saved at ``path``.
+
+    Loads with ``weights_only=True``; a file that holds a pickled model, something other than a
+    dict, or a dict with entries that are not tensors raises :class:`Wrong` saying so and what to
+    save instead. ``what`` names the file in those messages.
+    """
+    try:
+        saved = torch.load(path, weights_only=True)
+    except pickle.UnpicklingError:
+        raise Wrong(
+            f"{what} is refused by torch.load(..., weights_only=True): it still holds a pickled model object "
+            "(a pickled module, not just its tensors). Save a state_dict instead: model.state_dict(), "
+            "or a part's, such as model.classifier.state_dict()."
+        ) from None
+    if isinstance(saved, torch.nn.Module):
+        raise Wrong(f"{what} holds a whole model (a {type(saved).__name__}), not a state_dict. Save model.state_dict().")
+    if not isinstance(saved, Mapping):
+        raise Wrong(f"{what} should hold a state_dict (a dict of tensors); it holds a {type(saved).__name__}.")
+    not_tensors = sorted(repr(k) for k, v in saved.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        shown = ", ".join(not_tensors[:3]) + (f" and {len(not_tensors) - 3} more" if len(not_tensors) > 3 else "")
+        raise Wrong(
+            f"{what} holds a dict with entries that are not tensors ({shown}). "
+            "Save the state_dict itself, not a dict that contains it."
+        )
+    return dict(saved)

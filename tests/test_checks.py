@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from helpers.checks import (
     CORRECT,
@@ -12,6 +13,7 @@ from helpers.checks import (
     Verdict,
     Wrong,
     latest_verdicts,
+    read_state_dict_file,
     read_verdicts,
     record_verdict,
     verdicts_path,
@@ -153,3 +155,24 @@ def test_checking_leaves_every_random_state_as_it_was(exercises):
     random.seed(0), np.random.seed(0), torch.manual_seed(0)
     exercises["q1"].evaluate(consumes_rng)
     assert draws() == expected
+
+
+def test_read_state_dict_file_returns_a_saved_state_dict(tmp_path):
+    state = {"weight": torch.ones(2, 2), "bias": torch.zeros(2)}
+    torch.save(state, tmp_path / "weights.pt")
+    loaded = read_state_dict_file(tmp_path / "weights.pt")
+    assert set(loaded) == {"weight", "bias"} and torch.equal(loaded["weight"], state["weight"])
+
+
+@pytest.mark.parametrize("saved, phrases", [
+    (torch.nn.Linear(2, 2), ("refused by torch.load", "pickled model object", "model.state_dict()")),
+    ([torch.ones(1)], ("should hold a state_dict", "list")),
+    ({"model": {"weight": torch.ones(1)}, "epoch": 3}, ("not tensors", "'epoch'", "state_dict itself")),
+])
+def test_read_state_dict_file_says_what_the_file_holds_instead(tmp_path, saved, phrases):
+    torch.save(saved, tmp_path / "answer.pt")
+    with pytest.raises(Wrong) as wrong:
+        read_state_dict_file(tmp_path / "answer.pt", what="Your answer file")
+    assert str(wrong.value).startswith("Your answer file")
+    for phrase in phrases:
+        assert phrase in str(wrong.value)

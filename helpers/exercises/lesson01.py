@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from helpers.checks import ExerciseSet, NotAttempted, Wrong
+from helpers.checks import ExerciseSet, NotAttempted, Wrong, read_state_dict_file
 from helpers.models import DigitsCNN
 
 exercises = ExerciseSet("01_state_dict")
@@ -84,15 +83,7 @@ def q2(save_weights: Callable[[nn.Module, Path], object], load_weights: Callable
         save_weights(model, path)
         if not path.exists():
             raise NotAttempted("save_weights(model, path) wrote no file at `path`. Write it with torch.save(..., path).")
-        try:
-            saved = torch.load(path, weights_only=True)
-        except pickle.UnpicklingError:
-            raise Wrong(
-                "torch.load(path, weights_only=True) refuses your file: it holds a pickled model object. "
-                "Save model.state_dict() instead."
-            ) from None
-        if not isinstance(saved, Mapping) or not all(isinstance(v, torch.Tensor) for v in saved.values()):
-            raise Wrong(f"The file should hold a state_dict (a dict of tensors); it holds a {type(saved).__name__}.")
+        saved = read_state_dict_file(path)
         want = model.state_dict()
         if set(saved) != set(want):
             raise Wrong(f"The saved keys differ from model.state_dict(): missing {_first(set(want) - set(saved))}.")

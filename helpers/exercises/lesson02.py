@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from helpers.checks import ExerciseSet, NotAttempted, Wrong
+from helpers.checks import ExerciseSet, NotAttempted, Wrong, read_state_dict_file
 from helpers.models import DigitsCNN
 
 exercises = ExerciseSet("02_whole_model_vs_state_dict")
@@ -73,28 +73,6 @@ def _restore_safe_globals(before: list) -> None:
     if set(torch.serialization.get_safe_globals()) != set(before):
         torch.serialization.clear_safe_globals()
         torch.serialization.add_safe_globals(before)
-
-
-def _read_state_dict_file(path: Path, what: str) -> dict[str, torch.Tensor]:
-    """The state_dict saved at ``path``, or ``Wrong`` saying what the file holds instead."""
-    try:
-        saved = torch.load(path, weights_only=True)
-    except pickle.UnpicklingError:
-        raise Wrong(
-            f"{what} is refused by torch.load(..., weights_only=True): it still holds a pickled model object. "
-            "Save model.state_dict() instead of the model."
-        ) from None
-    if isinstance(saved, nn.Module):
-        raise Wrong(f"{what} holds a whole model (a {type(saved).__name__}), not a state_dict. Save model.state_dict().")
-    if not isinstance(saved, Mapping):
-        raise Wrong(f"{what} should hold a state_dict (a dict of tensors); it holds a {type(saved).__name__}.")
-    not_tensors = [k for k, v in saved.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise Wrong(
-            f"{what} holds a dict with entries that are not tensors ({_first(map(repr, not_tensors))}). "
-            "Save the state_dict itself, not a dict that contains it."
-        )
-    return dict(saved)
 
 
 def _compare_state_dicts(saved: Mapping, want: Mapping, what: str) -> None:
@@ -210,7 +188,7 @@ def q2(whole_to_weights: Callable[[Path, Path], object]) -> str:
                 ) from None
             if not weights_path.exists():
                 raise NotAttempted("whole_to_weights wrote no file at weights_path. Write it with torch.save(..., weights_path).")
-            saved = _read_state_dict_file(weights_path, "The file you wrote")
+            saved = read_state_dict_file(weights_path, "The file you wrote")
     finally:
         _restore_safe_globals(before)
     _compare_state_dicts(saved, model.state_dict(), "The file you wrote")

@@ -6,15 +6,14 @@ away from their defaults, like a trained backbone), so each runs in milliseconds
 
 from __future__ import annotations
 
-import pickle
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from helpers.checks import ExerciseSet, NotAttempted, Wrong
+from helpers.checks import ExerciseSet, NotAttempted, Wrong, read_state_dict_file
 from helpers.models import DigitsCNN
 
 exercises = ExerciseSet("07_transfer_learning_and_freezing")
@@ -286,12 +285,7 @@ def q5(save_head: Callable[[nn.Module, Path], object], load_head: Callable[[nn.M
         save_head(trained, path)
         if not path.exists():
             raise NotAttempted("save_head(model, path) wrote no file at `path`. Write it with torch.save(..., path).")
-        try:
-            saved = torch.load(path, weights_only=True)
-        except pickle.UnpicklingError:
-            raise Wrong("torch.load(path, weights_only=True) refuses your file: it holds a pickled module. Save a state_dict.") from None
-        if not isinstance(saved, Mapping) or not all(isinstance(v, torch.Tensor) for v in saved.values()):
-            raise Wrong(f"The file should hold a state_dict (a dict of tensors); it holds a {type(saved).__name__}.")
+        saved = read_state_dict_file(path)
         if any("features" in k or "running_" in k for k in saved):
             raise Wrong(
                 f"The file holds the backbone too ({len(saved)} tensors): save model.classifier.state_dict() only. "
