@@ -17,6 +17,8 @@ repeat earlier ones. Modules:
 - ``helpers.gpu_reference`` reference figures measured on a real GPU, for runs without one
 - ``helpers.pretrained``   the course's own pretrained backbone, and the optional ImageNet VGG19
   (lesson 07)
+- ``helpers.large_checkpoints`` saving and loading large checkpoints measured against the disk:
+  time, peak memory, share of the disk's speed (lesson 08, ``scripts/benchmark_large_checkpoints.py``)
 - ``helpers.checks``       exercise checks (``ex.q1.check(...)``, ``ex.q1.hint()``)
 - ``helpers.exercises``    one module of checks per lesson
 - ``helpers.generate``     the generator: ``solutions/`` -> ``notebooks/`` (``make notebooks``)
