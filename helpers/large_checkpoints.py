@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from helpers.checkpointing import atomic_save
+from helpers.checkpointing import _EarlyWriteback, atomic_save
 
 __all__ = [
     "MB",
@@ -276,20 +276,15 @@ def load_safetensors(path: Path, size_mb: float) -> nn.Module:
 def write_raw_bytes(state: dict, path: Path, chunk: int = 4 << 20) -> None:
     """The disk's reference: the state dict's tensor bytes, back to back, with no format at all.
 
-    Written in 4 MB pieces; every piece asks the OS to start writing it to the disk
-    (``posix_fadvise``, as :func:`~helpers.checkpointing.atomic_save` does), then ``fsync``:
-    the fastest way we found to put these bytes on the disk from Python.
+    Written through the same early writeback as :func:`~helpers.checkpointing.atomic_save`
+    (every ``chunk`` bytes the OS is asked to start writing them to the disk, where
+    ``posix_fadvise`` exists), then ``fsync``: the fastest way we found to put these bytes on
+    the disk from Python.
     """
     with open(path, "wb") as handle:
-        started = written = 0
+        target = _EarlyWriteback(handle, chunk) if hasattr(os, "posix_fadvise") else handle
         for tensor in state.values():
-            data = memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-            for offset in range(0, len(data), chunk):
-                written += handle.write(data[offset : offset + chunk])
-                if hasattr(os, "posix_fadvise") and written - started >= chunk:
-                    handle.flush()
-                    os.posix_fadvise(handle.fileno(), started, written - started, os.POSIX_FADV_DONTNEED)
-                    started = written
+            target.write(memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
         handle.flush()
         os.fsync(handle.fileno())
 
