@@ -83,16 +83,17 @@ class LargeToyModel(nn.Module):
 
     ``LargeToyModel(size_mb=256)`` has 16 layers of 2048 x 2048 (16.8 MB each). It stands in for
     a large model: what matters for saving and loading is how many bytes the state dict holds.
-    Construction is seeded (``seed``), so two processes build the same weights.
+    Construction is seeded (``seed``), so two processes build the same weights; the caller's
+    random state is left as it was.
     """
 
     def __init__(self, size_mb: float = 256, width: int = 2048, seed: int = 0) -> None:
         super().__init__()
         layer_bytes = (width * width + width) * 4
         depth = max(1, round(size_mb * MB / layer_bytes))
-        if torch.empty(0).device.type != "meta":  # on the meta device there is nothing to seed
+        with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's random state
             torch.manual_seed(seed)
-        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+            self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
         self.width = width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

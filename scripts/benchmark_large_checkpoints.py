@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.size_mb < 17 or args.repeats < 1:
         parser.error("--size-mb must be at least 17 (one layer) and --repeats at least 1")
-    free = shutil.disk_usage(args.folder.parent if not args.folder.exists() else args.folder).free
+    existing = args.folder.resolve()
+    while not existing.exists():  # the folder (or runs/ in a fresh clone) may not exist yet
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
     if free < 2.2 * args.size_mb * MB:
         print(f"Not enough free disk space in {args.folder}: {free / MB:,.0f} MB free, about "
               f"{2.2 * args.size_mb:,.0f} MB needed. Use a smaller --size-mb or another --folder.")

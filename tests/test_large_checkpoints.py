@@ -63,6 +63,14 @@ def test_toy_model_is_seeded():
     assert not torch.equal(a["layers.0.weight"], c["layers.0.weight"])
 
 
+def test_toy_model_leaves_the_callers_random_state_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    LargeToyModel(1, width=128, seed=3)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_toy_model_on_meta_allocates_nothing():
     with torch.device("meta"):
         small = LargeToyModel(2, width=256)
@@ -375,6 +383,16 @@ def test_script_refuses_without_disk_space(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(script.shutil, "disk_usage", lambda path: _Usage(10 * MB))
     monkeypatch.setattr(script, "benchmark", lambda *a, **k: pytest.fail("benchmark must not run"))
     assert script.main(["--size-mb", "17", "--folder", str(tmp_path / "b")]) == 2
+    assert "Not enough free disk space" in capsys.readouterr().out
+
+
+def test_script_checks_disk_space_where_the_folder_will_be(tmp_path, capsys, monkeypatch):
+    script = load_script()
+    asked = []
+    monkeypatch.setattr(script.shutil, "disk_usage", lambda path: asked.append(path) or _Usage(10 * MB))
+    folder = tmp_path / "not" / "yet" / "there"  # like runs/ in a fresh clone
+    assert script.main(["--size-mb", "17", "--folder", str(folder)]) == 2
+    assert asked == [tmp_path.resolve()]
     assert "Not enough free disk space" in capsys.readouterr().out
 
 
