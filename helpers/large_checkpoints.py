@@ -15,6 +15,8 @@ Used by lesson 08 and by ``scripts/benchmark_large_checkpoints.py``; both print 
   alone.
 - :data:`SAVE_METHODS` / :data:`LOAD_METHODS`: the recipes being compared, each a small
   function you can read.
+- :func:`one_benchmark_at_a_time`: a machine-wide lock, so that two benchmarks don't measure each
+  other.
 - :func:`benchmark`: measures everything, round-robin over ``repeats`` rounds, and returns a
   :class:`BenchmarkResult` with :meth:`~BenchmarkResult.table` and
   :meth:`~BenchmarkResult.check_targets`.
@@ -33,6 +35,7 @@ import multiprocessing
 import os
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -58,6 +61,7 @@ __all__ = [
     "run_in_fresh_process",
     "SAVE_METHODS",
     "LOAD_METHODS",
+    "one_benchmark_at_a_time",
     "Measurement",
     "BenchmarkResult",
     "TARGETS",
@@ -551,6 +555,38 @@ class BenchmarkResult:
         return results
 
 
+BENCHMARK_LOCK = Path(tempfile.gettempdir()) / "save-load-resume-benchmark.lock"
+
+
+@contextlib.contextmanager
+def one_benchmark_at_a_time(say: Callable[[str], None] = lambda line: None) -> Iterator[bool]:
+    """Hold a machine-wide lock while measuring; wait (and say so) while another benchmark holds it.
+
+    Two benchmarks at once share one disk and measure each other: run side by side on a 2-core
+    machine (as CI runs both versions of lesson 08), a 10 ms mmap load took up to 176 ms. The lock is an exclusive
+    ``fcntl.flock`` on :data:`BENCHMARK_LOCK`, released when the block ends or the process dies.
+    Yields ``True`` where it holds the lock; ``False`` where it measures without one (no ``fcntl``,
+    as on Windows, or a lock file it may not open).
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield False
+        return
+    try:
+        handle = open(BENCHMARK_LOCK, "a")
+    except OSError:  # e.g. another user's lock file: measure without one
+        yield False
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say("another benchmark is measuring this machine's disk: waiting for it to finish ...")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield True  # closing the file releases the lock, also after an error
+
+
 def _median(values) -> float:
     return statistics.median(list(values))
 
@@ -580,19 +616,20 @@ def benchmark(
     say = progress or (lambda line: None)
     checkpoint_bytes = _bytes_of(size_mb)
 
-    say(f"saving {checkpoint_bytes / MB:,.0f} MB: every recipe {repeats} times, after one warm-up save each ...")
-    save_runs = run_in_fresh_process(_save_child, str(folder), size_mb, repeats)
-    _write_warmup_files(folder)
-    load_runs: dict[str, list[dict]] = {name: [] for name in LOAD_METHODS}
-    cold = True
-    for round_ in range(repeats):
-        say(f"loading, round {round_ + 1} of {repeats} ...")
-        for name, (_, file_name) in LOAD_METHODS.items():
-            cold = drop_from_page_cache(folder / file_name) and cold
-            load_runs[name].append(run_in_fresh_process(_load_child, name, str(folder), size_mb))
+    with one_benchmark_at_a_time(say):
+        say(f"saving {checkpoint_bytes / MB:,.0f} MB: every recipe {repeats} times, after one warm-up save each ...")
+        save_runs = run_in_fresh_process(_save_child, str(folder), size_mb, repeats)
+        _write_warmup_files(folder)
+        load_runs: dict[str, list[dict]] = {name: [] for name in LOAD_METHODS}
+        cold = True
+        for round_ in range(repeats):
+            say(f"loading, round {round_ + 1} of {repeats} ...")
+            for name, (_, file_name) in LOAD_METHODS.items():
+                cold = drop_from_page_cache(folder / file_name) and cold
+                load_runs[name].append(run_in_fresh_process(_load_child, name, str(folder), size_mb))
 
-    for suffix in (".pt", ".safetensors", ".bin"):
-        (folder / f"warmup{suffix}").unlink(missing_ok=True)
+        for suffix in (".pt", ".safetensors", ".bin"):
+            (folder / f"warmup{suffix}").unlink(missing_ok=True)
 
     def peak(runs: list[dict], mark: str) -> int | None:
         peaks = [run[mark]["peak_extra_bytes"] for run in runs]
