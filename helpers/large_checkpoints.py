@@ -563,8 +563,9 @@ def one_benchmark_at_a_time(say: Callable[[str], None] = lambda line: None) -> I
     """Hold a machine-wide lock while measuring; wait (and say so) while another benchmark holds it.
 
     Two benchmarks at once share one disk and measure each other: run side by side on a 2-core
-    machine (as CI runs both versions of lesson 08), a 10 ms mmap load took up to 176 ms. The lock is an exclusive
-    ``fcntl.flock`` on :data:`BENCHMARK_LOCK`, released when the block ends or the process dies.
+    machine (as CI runs both versions of lesson 08), a 10 ms mmap load took up to 176 ms. The
+    lock is an exclusive ``fcntl.flock`` on :data:`BENCHMARK_LOCK`, released when the block ends
+    or the process dies.
     Yields ``True`` where it holds the lock; ``False`` where it measures without one (no ``fcntl``,
     as on Windows, or a lock file it may not open).
     """
