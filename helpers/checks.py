@@ -1,10 +1,14 @@
 """Exercise checks: ``ex.q1.check(answer)``, ``ex.q1.hint()``.
 
-A check never raises into the learner's notebook. It shows one of three verdicts:
+A check never raises into the learner's notebook. It shows one of these verdicts:
 
-- **not attempted** yet: the placeholder (``...`` or ``raise NotImplementedError``) is still there;
+- **not attempted** yet: the placeholder (``...`` or ``raise NotImplementedError``) is still there,
+  and nothing else: code that ran is an attempt;
 - **correct**;
-- **wrong**, with a specific reason and what to try.
+- **wrong**, with a specific reason and what to try;
+- **environment problem**: the check could not judge the answer because something outside it is
+  broken (a course data file is missing, say). It says what to repair; it is not a wrong answer,
+  and the grader reports it as an error.
 
 Every verdict is also appended as one JSON line to a verdicts file, so that the tests and the
 grader can read what each check said after a notebook ran. The file is
@@ -38,17 +42,19 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from helpers.data import DataFileError
 from helpers.environment import runs_root
 
 NOT_ATTEMPTED = "not attempted"
 CORRECT = "correct"
 WRONG = "wrong"
-STATUSES = (NOT_ATTEMPTED, CORRECT, WRONG)
+ENVIRONMENT_PROBLEM = "environment problem"
+STATUSES = (NOT_ATTEMPTED, CORRECT, WRONG, ENVIRONMENT_PROBLEM)
 
 VERDICTS_FILE_ENV = "COURSE_VERDICTS_FILE"
 """Environment variable that, when set, names the file verdicts are appended to."""
 
-_SYMBOL = {NOT_ATTEMPTED: "⏳", CORRECT: "✅", WRONG: "❌"}
+_SYMBOL = {NOT_ATTEMPTED: "⏳", CORRECT: "✅", WRONG: "❌", ENVIRONMENT_PROBLEM: "⚠️"}
 
 
 class NotAttempted(Exception):
@@ -57,6 +63,11 @@ class NotAttempted(Exception):
 
 class Wrong(Exception):
     """Raised by a checker when the answer is wrong; the message says why and what to try."""
+
+
+class EnvironmentProblem(Exception):
+    """Raised by a checker when it cannot judge the answer because the course's own files or
+    packages are broken (not the learner's fault); the message says what to repair."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +80,12 @@ class Verdict:
     message: str
 
     def __str__(self) -> str:
-        label = {NOT_ATTEMPTED: "not attempted yet", CORRECT: "correct", WRONG: "not yet right"}
+        label = {
+            NOT_ATTEMPTED: "not attempted yet",
+            CORRECT: "correct",
+            WRONG: "not yet right",
+            ENVIRONMENT_PROBLEM: "could not be checked (a problem with the course files, not your answer)",
+        }
         return f"{_SYMBOL[self.status]} {self.exercise}: {label[self.status]}. {self.message}"
 
 
@@ -156,6 +172,12 @@ class Exercise:
             )
         except Wrong as e:
             return self._verdict(WRONG, f"{e} (Stuck? Run ex.{self.name}.hint().)")
+        except (EnvironmentProblem, DataFileError) as e:
+            return self._verdict(
+                ENVIRONMENT_PROBLEM,
+                f"{e} Your answer was not judged. Repair the course files (see the README's quick start), "
+                "then run the check again.",
+            )
         except Exception as e:  # the learner's code raised while being checked
             return self._verdict(
                 WRONG,

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from helpers import config
+
 
 class DeviceUnavailableError(RuntimeError):
     """Raised when a lesson asks for a device (e.g. a CUDA GPU) this machine does not have."""
@@ -85,17 +87,26 @@ def environment_summary() -> str:
     )
 
 
+def _is_course_root(folder: Path) -> bool:
+    return (folder / "pyproject.toml").is_file() and (folder / "helpers").is_dir()
+
+
 def repo_root(start: str | os.PathLike | None = None) -> Path:
     """The course repository's root folder.
 
     Found by walking up from ``start`` (default: the current folder) to the first folder that
     holds both ``pyproject.toml`` and ``helpers/``. Notebooks run from ``notebooks/`` or
-    ``solutions/`` locally and from the clone's root in Colab; all find the same root. Falls
-    back to the current folder outside a clone.
+    ``solutions/`` locally and from the clone's root in Colab; all find the same root.
+    Run from a folder outside the course, it falls back to the course these helpers belong to:
+    the folder above an editable install's ``helpers/``, then the Colab clone
+    (:data:`helpers.config.COLAB_CLONE_DIR`), and only then to the current folder.
     """
     here = Path(start or os.getcwd()).resolve()
     for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "helpers").is_dir():
+        if _is_course_root(folder):
+            return folder
+    for folder in (Path(__file__).resolve().parent.parent, Path(config.COLAB_CLONE_DIR)):
+        if _is_course_root(folder):
             return folder
     return here
 

@@ -5,9 +5,11 @@ import torch
 
 from helpers.checks import (
     CORRECT,
+    ENVIRONMENT_PROBLEM,
     NOT_ATTEMPTED,
     VERDICTS_FILE_ENV,
     WRONG,
+    EnvironmentProblem,
     ExerciseSet,
     NotAttempted,
     Verdict,
@@ -18,6 +20,7 @@ from helpers.checks import (
     record_verdict,
     verdicts_path,
 )
+from helpers.data import DataFileError
 
 
 @pytest.fixture
@@ -69,6 +72,20 @@ def test_placeholders_count_as_not_attempted(exercises):
 def test_an_exception_in_the_learners_code_is_a_wrong_verdict_not_a_crash(exercises):
     verdict = exercises["q1"].evaluate(lambda x: 1 / 0)
     assert verdict.status == WRONG and "ZeroDivisionError" in verdict.message
+
+
+@pytest.mark.parametrize(
+    "problem",
+    [EnvironmentProblem("The course file data/x.npy is missing."), DataFileError("data/digits/images.npy is missing")],
+)
+def test_a_broken_course_is_an_environment_problem_not_a_wrong_answer(exercises, problem):
+    def needs_data(x):
+        raise problem
+
+    verdict = exercises["q1"].evaluate(needs_data)
+    assert verdict.status == ENVIRONMENT_PROBLEM
+    assert str(problem) in verdict.message and "not judged" in verdict.message
+    assert "not your answer" in str(verdict)
 
 
 def test_an_empty_success_message_still_congratulates(exercises):

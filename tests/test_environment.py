@@ -1,6 +1,8 @@
 import random
 import sys
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -74,10 +76,23 @@ def test_repo_root_is_found_from_any_subfolder(tmp_path):
     (tmp_path / "helpers").mkdir()
     (tmp_path / "notebooks" / "deep").mkdir(parents=True)
     assert repo_root(tmp_path / "notebooks" / "deep") == tmp_path.resolve()
-    outside = tmp_path / "elsewhere"
-    outside.mkdir()
-    (tmp_path / "pyproject.toml").unlink()
-    assert repo_root(outside) == outside.resolve()
+
+
+def test_repo_root_outside_the_course_falls_back_to_the_installed_course(tmp_path, monkeypatch):
+    # A learner who runs a notebook from another folder still gets the course's data files.
+    import helpers
+    from helpers import environment
+
+    course = Path(helpers.__file__).resolve().parent.parent
+    assert repo_root(tmp_path) == course
+    # Not an editable install and no Colab clone: the current folder is all that is left.
+    monkeypatch.setattr(environment, "__file__", str(tmp_path / "site-packages" / "helpers" / "environment.py"))
+    monkeypatch.setattr(environment.config, "COLAB_CLONE_DIR", str(tmp_path / "no-clone"))
+    assert repo_root(tmp_path) == tmp_path.resolve()
+    clone = tmp_path / "no-clone"
+    (clone / "helpers").mkdir(parents=True)
+    (clone / "pyproject.toml").write_text("")
+    assert repo_root(tmp_path) == clone.resolve()
 
 
 @pytest.fixture
