@@ -6,9 +6,10 @@ The pattern (see lesson 03):
   then ``os.replace``-s it onto the final name. A save that is interrupted (an exception, a
   killed process, a full disk) never destroys the previous checkpoint and never leaves a
   half-written file under a checkpoint's name.
-- :func:`load_checkpoint` always loads with ``weights_only=True`` and turns PyTorch's terse
-  errors (an empty ``EOFError``, "failed finding central directory", ``UnpicklingError``) into
-  messages that say what happened and what to do.
+- :func:`load_checkpoint` always loads with ``weights_only=True``, checks every record's CRC-32
+  and turns PyTorch's terse errors (an empty ``EOFError``, "failed finding central directory",
+  ``UnpicklingError``) into messages that say what happened and what to do. It lives in
+  :mod:`helpers.checkpoint_files` (reading and diagnosing files) and is importable from here.
 - :func:`training_checkpoint` / :func:`restore_training_checkpoint` capture and restore
   *everything* a bit-exact resume needs: model, optimizer, scheduler, scaler, epoch, step, the
   four random number generators and the data order.
@@ -20,29 +21,43 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import errno
 import os
-import pickle
 import platform
 import random
 import re
 import secrets
+import shutil
 import warnings
-import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+# Reading and diagnosing files is in its own module; these names stay importable from here.
+from helpers.checkpoint_files import (
+    REASONS,
+    CheckpointError,
+    CheckpointWarning,
+    explain_state_dict_mismatch,
+    is_complete_checkpoint,
+    load_checkpoint,
+    verify_zip_crc,
+)
+
 __all__ = [
     "FORMAT_VERSION",
+    "REASONS",
     "CheckpointError",
     "CheckpointWarning",
+    "NoSpaceError",
     "atomic_save",
     "atomic_write_text",
     "load_checkpoint",
     "is_complete_checkpoint",
+    "verify_zip_crc",
     "explain_state_dict_mismatch",
     "load_model_state",
     "capture_rng_state",
@@ -55,38 +70,8 @@ __all__ = [
 #: Version of the layout written by :func:`training_checkpoint`.
 FORMAT_VERSION = 1
 
-_ZIP_MAGIC = b"PK\x03\x04"
-# torch.save(..., _use_new_zipfile_serialization=False) (PyTorch < 1.6): a pickled magic number.
-_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 # ".<final name>.tmp-<pid>-<8 hex digits>": atomic_save's temporary files (see _temp_path).
 _TEMP_RE = re.compile(r"^\.(?P<target>.+)\.tmp-(?P<pid>\d+)-(?P<token>[0-9a-f]{8})$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be saved, loaded or applied.
-
-    The message always says what happened and what to do about it. When it wraps an error
-    from PyTorch or the operating system, that error is kept as ``__cause__``. ``reason`` is a
-    short machine-readable tag: ``"missing"``, ``"empty"``, ``"not_a_checkpoint"``,
-    ``"truncated"``, ``"damaged"``, ``"pickled_objects"``, ``"not_a_dict"``,
-    ``"missing_entries"``, ``"mismatch"``, ``"missing_component"`` or ``"error"``.
-    """
-
-    #: Reasons that mean "this file is damaged; the previous checkpoint may be fine".
-    DAMAGED = frozenset({"empty", "truncated", "damaged"})
-
-    def __init__(self, message: str, *, reason: str = "error") -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class CheckpointWarning(UserWarning):
-    """Something about a checkpoint deserves attention but did not stop the work.
-
-    For example: a random number generator missing from a checkpoint (the resumed run will
-    not repeat the original one exactly), a damaged file skipped by
-    :meth:`CheckpointManager.latest`, or a delete that failed during rotation.
-    """
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,7 +209,81 @@ def atomic_save(obj: Any, path: str | os.PathLike, *, fsync: bool = True) -> Pat
     # torch.save into the open file object (through _EarlyWriteback, which lets the disk start
     # while torch.save still serializes), then flush + fsync on the same descriptor.
     # scripts/benchmark_checkpoint_save.py compares it with a bare torch.save.
-    return _atomic_write(path, lambda handle: torch.save(obj, handle), "wb", fsync=fsync)
+    try:
+        return _atomic_write(path, lambda handle: torch.save(obj, handle), "wb", fsync=fsync)
+    except (OSError, RuntimeError) as error:
+        full_disk = _no_space_error(error, Path(path), obj)  # None: another error, raised as it is
+        if full_disk is None:
+            raise
+        raise full_disk from error
+
+
+class NoSpaceError(CheckpointError, OSError):
+    """A save failed because the disk is full (``reason="no_space"``, ``errno`` ``ENOSPC``).
+
+    Both a :class:`CheckpointError` and an ``OSError``, so code that catches either sees it. The
+    message says how much the save needed and how much is free.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="no_space")
+        self.errno = errno.ENOSPC
+
+
+class _ByteCounter:
+    """A write-only "file" that counts what ``torch.save`` writes into it."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data) -> int:
+        n = memoryview(data).nbytes
+        self.size += n
+        return n
+
+    def flush(self) -> None:
+        pass
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def _no_space_error(error: BaseException, path: Path, obj: Any) -> NoSpaceError | None:
+    """A CheckpointError saying the disk is full, or ``None`` when ``error`` is something else.
+
+    ``torch.save`` reports a full disk as ``RuntimeError: [enforce fail at inline_container.cc]
+    ... unexpected pos ...``, with nothing about space; the OS says ``OSError: [Errno 28]``. To
+    tell a full disk from other failures, the size of the save is measured (by serializing ``obj``
+    again into a counter) and compared with the free space.
+    """
+    if isinstance(error, OSError):
+        suspect = error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+    else:
+        text = str(error)
+        suspect = "unexpected pos" in text or "No space left" in text or "write failed" in text
+    if not suspect:
+        return None
+    folder = path.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    counter = _ByteCounter()
+    try:
+        torch.save(obj, counter)
+        needed: int | None = counter.size
+    except Exception:
+        needed = None
+    if isinstance(error, RuntimeError) and (needed is None or needed <= free):
+        return None  # there is room: not a full disk
+    need = f"about {_megabytes(needed)}" if needed is not None else "more than was free"
+    return NoSpaceError(
+        f"No space left on the device that holds {folder}: the save needed {need} and only "
+        f"{_megabytes(free)} is free. Nothing was written to {path.name}: the file that was there "
+        "before (if any) is intact. Free some space (delete old checkpoints or other files), or "
+        "save to a bigger disk."
+    )
 
 
 def atomic_write_text(text: str, path: str | os.PathLike, *, fsync: bool = True) -> Path:
@@ -237,366 +296,9 @@ def atomic_write_text(text: str, path: str | os.PathLike, *, fsync: bool = True)
 
 
 # ---------------------------------------------------------------------------------------------
-# Loading
+# Loading: reading and diagnosing files lives in helpers/checkpoint_files.py (load_checkpoint,
+# is_complete_checkpoint, explain_state_dict_mismatch are imported from there, above).
 # ---------------------------------------------------------------------------------------------
-
-_PREVIOUS = "Load the previous checkpoint instead (CheckpointManager.latest() finds it)."
-
-
-def _nearby_checkpoints(folder: Path, limit: int = 5) -> str:
-    try:
-        names = sorted(p.name for p in folder.iterdir() if p.suffix in {".pt", ".pth", ".ckpt"})
-    except OSError:
-        return ""
-    if not names:
-        return f" The folder {folder} exists but holds no .pt files."
-    shown = ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
-    return f" The folder {folder} holds: {shown}."
-
-
-def _describe_non_checkpoint(head: bytes) -> str:
-    """A guess at what a file that is not a zip archive is, from its first bytes."""
-    if head.startswith(b"\x93NUMPY"):
-        return "It looks like a NumPy .npy file: load it with numpy.load."
-    if head.startswith(b"\x89HDF"):
-        return "It looks like an HDF5 file (e.g. Keras .h5)."
-    if head.startswith(b"\x80"):
-        return "It looks like a plain pickle file (pickle.dump): load it with pickle, only if you trust it."
-    if len(head) >= 9 and head[8:9] == b"{":
-        return "It looks like a safetensors file: load it with safetensors.torch.load_file."
-    stripped = head.lstrip()
-    if stripped[:1] in (b"{", b"["):
-        return "It looks like a JSON file: read it with json.load."
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError:
-        return "Its first bytes are not those of any format this helper knows."
-    return "It looks like a text file."
-
-
-def load_checkpoint(
-    path: str | os.PathLike,
-    map_location: Any = "cpu",
-    required: Iterable[str] = (),
-) -> dict:
-    """Load a checkpoint dict saved with ``torch.save`` (e.g. by :func:`atomic_save`), safely.
-
-    Always uses ``torch.load(..., weights_only=True)``: tensors, numbers, strings and plain
-    containers load; pickled Python objects (a whole model, a custom class) are refused,
-    because unpickling an untrusted file can run arbitrary code.
-
-    ``map_location`` is passed to ``torch.load`` (default ``"cpu"``: a GPU checkpoint loads on
-    a machine without a GPU). ``required`` names entries the dict must have (e.g.
-    ``("model", "optimizer")``).
-
-    Raises :class:`CheckpointError`, with what happened and what to do, when the file is
-    missing, empty (an interrupted save), not a PyTorch checkpoint at all (text, JSON, NumPy,
-    ...), truncated (an interrupted save: "failed finding central directory"), holds pickled
-    Python objects (``UnpicklingError``), is not a dict, or lacks a ``required`` entry.
-    """
-    path = Path(path)
-    required = [required] if isinstance(required, str) else list(required)
-
-    # 1. Missing.
-    if not path.exists():
-        folder = path.parent
-        if folder.is_dir():
-            where = _nearby_checkpoints(folder)
-        else:
-            where = f" The folder {folder} does not exist either: check the path and the current folder ({Path.cwd()})."
-        raise CheckpointError(f"No checkpoint at {path}: the file does not exist.{where}", reason="missing")
-    if path.is_dir():
-        raise CheckpointError(
-            f"{path} is a folder, not a checkpoint file. Pass the path of a .pt file inside it"
-            f" (or use CheckpointManager({str(path)!r}).latest()).{_nearby_checkpoints(path)}",
-            reason="missing",
-        )
-
-    # 2. Empty.
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(
-            f"{path} is empty (0 bytes): a save was interrupted before it wrote anything "
-            f"(torch.save truncates the file first). The checkpoint that was there is lost. {_PREVIOUS}",
-            reason="empty",
-        )
-
-    # 3. Not a zip archive, i.e. not a checkpoint written by torch.save (PyTorch >= 1.6).
-    with open(path, "rb") as handle:
-        head = handle.read(64)
-    if not head.startswith(_ZIP_MAGIC) and not head.startswith(_LEGACY_MAGIC):
-        raise CheckpointError(
-            f"{path} is not a PyTorch checkpoint: files written by torch.save start with the "
-            f"zip signature PK\\x03\\x04, and this one starts with {head[:8]!r}. "
-            f"{_describe_non_checkpoint(head)} Check that you picked the right file.",
-            reason="not_a_checkpoint",
-        )
-    # A zip archive whose directory (written last) is missing: the save was cut short.
-    if head.startswith(_ZIP_MAGIC):
-        problem = is_complete_checkpoint(path)
-        if problem is not None and problem.startswith("no data.pkl"):
-            raise CheckpointError(
-                f"{path} is a zip archive, but not one written by torch.save (it has no data.pkl "
-                "entry). Check that you picked the right file.",
-                reason="not_a_checkpoint",
-            )
-        if problem is not None and problem.startswith("truncated"):
-            raise CheckpointError(
-                f"{path} is {problem.split(' (')[0]} ({size:,} bytes): a save was interrupted, or "
-                f"the file was copied only in part. {_PREVIOUS}",
-                reason="truncated",
-            )
-
-    # 4. Load.
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        text = str(error)
-        detail = next(
-            (line.strip() for line in text.splitlines() if "Unsupported global" in line or "GLOBAL" in line),
-            text.splitlines()[0] if text else "",
-        ).split(" was not an allowed global")[0]
-        if "magic number" in text.lower() or (head.startswith(b"\x80") and "GLOBAL" not in text):
-            raise CheckpointError(
-                f"{path} is not a PyTorch checkpoint: {_describe_non_checkpoint(head)} "
-                f"(PyTorch said: {detail}). Check that you picked the right file.",
-                reason="not_a_checkpoint",
-            ) from error
-        raise CheckpointError(
-            f"{path} holds pickled Python objects, not just tensors and plain values (PyTorch "
-            f"said: {detail}). That is typical of a whole model saved with torch.save(model, ...). "
-            "torch.load(weights_only=True) refuses them on purpose: unpickling can run any code "
-            "the file's author chose. Save model.state_dict() instead. If you made the file "
-            "yourself and trust it, lesson 02 shows how to allow-list the class with "
-            "torch.serialization.add_safe_globals, or to switch weights_only off for trusted files only.",
-            reason="pickled_objects",
-        ) from error
-    except EOFError as error:
-        raise CheckpointError(
-            f"{path} ends too early ({size:,} bytes): it was cut short, e.g. by an interrupted "
-            f"save or an incomplete copy. {_PREVIOUS}",
-            reason="truncated",
-        ) from error
-    except RuntimeError as error:
-        text = str(error)
-        if "central directory" in text:
-            raise CheckpointError(
-                f"{path} is truncated ({size:,} bytes, no zip central directory at the end): a save "
-                f"was interrupted, or the file was copied only in part. {_PREVIOUS}",
-                reason="truncated",
-            ) from error
-        if "PytorchStreamReader" in text or "zip archive" in text:
-            raise CheckpointError(
-                f"{path} is damaged: PyTorch could not read the zip archive inside it "
-                f"({text.splitlines()[0]}). {_PREVIOUS}",
-                reason="damaged",
-            ) from error
-        raise
-    except OSError as error:
-        raise CheckpointError(
-            f"{path} could not be read ({error}). If the permissions are fine, the file is damaged "
-            f"or cut short. {_PREVIOUS}",
-            reason="damaged",
-        ) from error
-
-    # 5. Not a dict.
-    if not isinstance(obj, dict):
-        kind = type(obj).__name__
-        hint = (
-            " It holds a single tensor: it was saved with torch.save(tensor, ...)."
-            if isinstance(obj, torch.Tensor)
-            else ""
-        )
-        raise CheckpointError(
-            f"{path} holds a {kind}, not a dict, so it is not a checkpoint made by this course's "
-            f"helpers.{hint} Save a dict such as {{'model': model.state_dict(), ...}}, or load this "
-            "file with torch.load(path, weights_only=True) and use the object directly.",
-            reason="not_a_dict",
-        )
-
-    # 6. Missing entries.
-    missing = [name for name in required if name not in obj]
-    if missing:
-        has = ", ".join(repr(k) for k in list(obj)[:12]) + (", ..." if len(obj) > 12 else "")
-        names = ", ".join(repr(m) for m in missing)
-        looks_like_state_dict = obj and all(isinstance(v, torch.Tensor) for v in obj.values())
-        hint = (
-            " It looks like a bare state_dict (only tensors): load it with "
-            "model.load_state_dict(...) or load_model_state(model, ...)."
-            if looks_like_state_dict
-            else " It was not made by training_checkpoint(), or by a different version of the code."
-        )
-        raise CheckpointError(
-            f"{path} has no {names} entr{'y' if len(missing) == 1 else 'ies'}. "
-            f"It has: {has}.{hint}",
-            reason="missing_entries",
-        )
-    return obj
-
-
-def is_complete_checkpoint(path: str | os.PathLike) -> str | None:
-    """Check cheaply, without loading any tensor, that a ``torch.save`` file was written to the end.
-
-    Returns ``None`` when the file looks complete, otherwise a short reason (``"empty (0
-    bytes)"``, ``"truncated: ..."``, ...). It reads only the zip archive's directory, which
-    ``torch.save`` writes last, and checks that the pickle entry (``data.pkl``) is listed. It
-    cannot see damage in the middle of a file; :func:`load_checkpoint` can.
-    """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return "missing"
-    except OSError as error:
-        return f"unreadable ({error})"
-    if size == 0:
-        return "empty (0 bytes): an interrupted save"
-    try:
-        with open(path, "rb") as handle:
-            if handle.read(4) != _ZIP_MAGIC:
-                return "not a torch.save zip archive"
-            handle.seek(0)
-            with zipfile.ZipFile(handle) as archive:
-                names = archive.namelist()
-    except zipfile.BadZipFile:
-        return "truncated: no zip central directory at the end (an interrupted save)"
-    except OSError as error:
-        return f"unreadable ({error})"
-    if not any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
-        return "no data.pkl entry: a zip archive, but not one written by torch.save"
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Model state
-# ---------------------------------------------------------------------------------------------
-
-
-def _shape(value: Any) -> tuple | None:
-    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
-
-
-def _prefix_hint(model_keys: list[str], file_keys: list[str]) -> str | None:
-    """A hint when the two key sets differ only by a prefix such as ``module.`` or ``_orig_mod.``."""
-    if not model_keys or not file_keys:
-        return None
-    model_set, file_set = set(model_keys), set(file_keys)
-
-    def candidates(keys: list[str]) -> list[str]:
-        parts = keys[0].split(".")
-        return [".".join(parts[:i]) + "." for i in range(1, min(len(parts), 4))]
-
-    for prefix in candidates(file_keys):
-        if all(k.startswith(prefix) for k in file_keys) and {k[len(prefix):] for k in file_keys} == model_set:
-            return (
-                f"Hint: every key in the file starts with {prefix!r} and matches the model without "
-                f"it (the file was saved from a wrapped model: DataParallel/DDP add 'module.', "
-                f"torch.compile adds '_orig_mod.'). Strip it with torch.nn.modules.utils."
-                f"consume_prefix_in_state_dict_if_present(state_dict, {prefix!r}) (lesson 04)."
-            )
-    for prefix in candidates(model_keys):
-        if all(k.startswith(prefix) for k in model_keys) and {k[len(prefix):] for k in model_keys} == file_set:
-            return (
-                f"Hint: every key of the model starts with {prefix!r} and matches the file without "
-                f"it (the model is wrapped: DataParallel/DDP add 'module.', torch.compile adds "
-                f"'_orig_mod.'). Load into the unwrapped model (model.module or model._orig_mod), "
-                f"or save from the unwrapped model (lesson 04)."
-            )
-    return None
-
-
-def _listing(keys: list[str], limit: int) -> str:
-    shown = ", ".join(repr(k) for k in keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-def explain_state_dict_mismatch(
-    model_or_state_dict: torch.nn.Module | Mapping[str, Any],
-    state_dict: Mapping[str, Any],
-    limit: int = 5,
-) -> str | None:
-    """Say, readably, why ``state_dict`` does not fit a model; ``None`` when it fits exactly.
-
-    ``model_or_state_dict`` is the model (or its ``state_dict()``) you want to load into;
-    ``state_dict`` is what the file holds. Returns ``None`` when both have exactly the same keys
-    and every tensor has the same shape. Otherwise a message with the counts and the first
-    ``limit`` keys of each kind: *missing* (in the model, not in the file), *unexpected* (in the
-    file, not in the model) and *shape mismatches* (``key: file shape vs model shape``), plus a
-    one-line hint when all keys differ only by a prefix such as ``module.`` or ``_orig_mod.``.
-    """
-    if isinstance(model_or_state_dict, torch.nn.Module):
-        expected = model_or_state_dict.state_dict()
-    elif isinstance(model_or_state_dict, Mapping):
-        expected = model_or_state_dict
-    else:
-        raise TypeError(
-            "explain_state_dict_mismatch needs a model or its state_dict() first, got "
-            f"{type(model_or_state_dict).__name__}."
-        )
-    if isinstance(state_dict, torch.nn.Module):
-        raise TypeError(
-            "The second argument must be a state_dict (a dict of tensors), not a model: pass "
-            "other_model.state_dict()."
-        )
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"The second argument must be a state_dict (a dict), got {type(state_dict).__name__}.")
-
-    model_keys = list(expected.keys())
-    file_keys = list(state_dict.keys())
-    file_set, model_set = set(file_keys), set(model_keys)
-    missing = [k for k in model_keys if k not in file_set]
-    unexpected = [k for k in file_keys if k not in model_set]
-    shapes = []
-    for key in model_keys:
-        if key in file_set:
-            want, got = _shape(expected[key]), _shape(state_dict[key])
-            if want is not None and got is not None and want != got:
-                shapes.append((key, got, want))
-    if not (missing or unexpected or shapes):
-        return None
-
-    def count(n: int, word: str) -> str:
-        return f"{n} {word}{'' if n == 1 else ('es' if word.endswith('mismatch') else 's')}"
-
-    lines = [
-        "The state_dict does not fit the model: "
-        + ", ".join(
-            [
-                count(len(missing), "missing key"),
-                count(len(unexpected), "unexpected key"),
-                count(len(shapes), "shape mismatch"),
-            ]
-        )
-        + f" (the model has {len(model_keys)} entries, the file {len(file_keys)})."
-    ]
-    if missing:
-        lines.append(f"Missing (in the model, not in the file): {_listing(missing, limit)}")
-    if unexpected:
-        lines.append(f"Unexpected (in the file, not in the model): {_listing(unexpected, limit)}")
-    if shapes:
-        lines.append("Shape mismatches (file vs model):")
-        for key, got, want in shapes[:limit]:
-            lines.append(f"  {key}: file {list(got)} vs model {list(want)}")
-        if len(shapes) > limit:
-            lines.append(f"  ... ({len(shapes) - limit} more)")
-    hint = _prefix_hint(model_keys, file_keys)
-    if hint:
-        lines.append(hint)
-    elif not (model_set & file_set):
-        nested = [k for k in ("model", "model_state_dict", "state_dict") if isinstance(state_dict.get(k), Mapping)]
-        if nested:
-            lines.append(
-                f"Hint: this looks like a whole training checkpoint, not a state_dict: pass "
-                f"checkpoint[{nested[0]!r}] instead."
-            )
-        else:
-            lines.append("Hint: no key matches at all: is this a checkpoint of a different model?")
-    elif shapes and not (missing or unexpected):
-        lines.append(
-            "Hint: same layers, different sizes: build the model with the settings it was saved "
-            "with (e.g. the hidden size or the number of classes in the checkpoint's config)."
-        )
-    return "\n".join(lines)
 
 
 def load_model_state(model: torch.nn.Module, state_dict: Mapping[str, Any], *, assign: bool = False) -> None:
@@ -1186,11 +888,12 @@ class CheckpointManager:
             stacklevel=3,
         )
 
-    def load_latest(self, map_location: Any = "cpu") -> dict | None:
+    def load_latest(self, map_location: Any = "cpu", *, verify_crc: bool = True) -> dict | None:
         """Load the newest complete checkpoint with :func:`load_checkpoint`; ``None`` when there is none.
 
-        If that file turns out to be damaged inside (the cheap check can't see everything), it
-        is skipped with a warning and the previous one is loaded. The file loaded is remembered
+        If that file turns out to be damaged inside (a record that fails its CRC-32 check; the
+        cheap check can't see that), it is skipped with a warning and the previous one is loaded.
+        ``verify_crc=False`` skips the CRC-32 check (see :func:`load_checkpoint`). The file loaded is remembered
         as :attr:`resumed_from` and never deleted by this manager's rotation.
         """
         latest = self.latest()
@@ -1201,7 +904,7 @@ class CheckpointManager:
             if path != latest and self._problem(path) is not None:
                 continue
             try:
-                checkpoint = load_checkpoint(path, map_location=map_location)
+                checkpoint = load_checkpoint(path, map_location=map_location, verify_crc=verify_crc)
             except CheckpointError as error:
                 if error.reason not in CheckpointError.DAMAGED | {"missing"}:
                     raise  # not damage: e.g. pickled objects; falling back would hide it
@@ -1250,7 +953,20 @@ class CheckpointManager:
                 CheckpointWarning,
                 stacklevel=2,
             )
-        atomic_save(dict(checkpoint), path, fsync=self.fsync)
+        try:
+            atomic_save(dict(checkpoint), path, fsync=self.fsync)
+        except CheckpointError as error:
+            if error.reason != "no_space":
+                raise
+            kept = self.checkpoints()
+            size = sum(p.stat().st_size for p in kept if p.exists())
+            raise NoSpaceError(
+                f"{error} This CheckpointManager keeps up to {self.keep_last} checkpoint(s) "
+                f"(keep_last={self.keep_last}; the {len(kept)} in {self.folder} take {_megabytes(size)}), and it writes "
+                "each new checkpoint beside them before it deletes the oldest, so the disk needs room "
+                "for one more. Lower keep_last, delete checkpoints you don't need, or use a bigger disk. "
+                "The checkpoints already saved are intact."
+            ) from error.__cause__
         self._checked.pop(path, None)
         atomic_write_text(path.name + "\n", self.pointer_path, fsync=self.fsync)
         self._rotate(just_saved=path)

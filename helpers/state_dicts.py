@@ -11,28 +11,37 @@ of them:
   there at once, in either order. The prefixes are removed with PyTorch's own
   ``torch.nn.modules.utils.consume_prefix_in_state_dict_if_present``, on a copy: the dict you
   pass in is never changed.
+- **A Lightning checkpoint.** PyTorch Lightning keeps the weights under ``"state_dict"`` with
+  the LightningModule's attribute name in front of every key (``model.``); the prefix that makes
+  the keys fit your model is stripped, with a :class:`~helpers.checkpointing.CheckpointWarning`
+  that says so.
+- **The file format.** ``torch.save`` files (zip or legacy), ``.safetensors`` files and sharded
+  Hugging Face checkpoints (their ``*.index.json``) all load, through
+  :func:`~helpers.checkpoint_files.load_checkpoint`, which checks every record's CRC-32.
 - **The device the tensors were saved from.** Files are always read with
   ``torch.load(..., weights_only=True)`` and a ``map_location`` (``"cpu"`` by default), so a file
   saved on a GPU loads on a machine without one.
 
 Loading is strict: every key and shape must match. When they don't, a
-:class:`~helpers.checkpointing.CheckpointError` lists the first missing, unexpected and
-mis-shaped keys, says what to do, and the model keeps the values it had.
+:class:`~helpers.checkpointing.CheckpointError` with ``reason="mismatch"`` lists the first
+missing, unexpected and mis-shaped keys, says what to do, and the model keeps the values it
+had. The reasons are the same for every loader (``helpers.checkpoint_files.REASONS``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from helpers.checkpointing import CheckpointError, explain_state_dict_mismatch, load_checkpoint
+from helpers.checkpoint_files import CheckpointError, CheckpointWarning, explain_state_dict_mismatch, load_checkpoint
 
 __all__ = [
     "WRAPPER_PREFIXES",
@@ -41,6 +50,7 @@ __all__ = [
     "strip_wrapper_prefixes",
     "unwrap_model",
     "load_model_weights",
+    "fitting_prefix",
     "state_dict_digest",
 ]
 
@@ -126,7 +136,8 @@ def extract_state_dict(checkpoint: Any, *, strip_prefixes: bool = True) -> Order
     if isinstance(checkpoint, nn.Module):
         raise CheckpointError(
             f"extract_state_dict got a model ({type(checkpoint).__name__}), not a checkpoint. "
-            "Pass model.state_dict(), or the dict that torch.load(path, weights_only=True) returned."
+            "Pass model.state_dict(), or the dict that torch.load(path, weights_only=True) returned.",
+            reason="no_state_dict",
         )
     found, seen = checkpoint, 0
     while not _looks_like_state_dict(found):
@@ -138,7 +149,8 @@ def extract_state_dict(checkpoint: Any, *, strip_prefixes: bool = True) -> Order
                 f"Found no model state_dict in this checkpoint: it is {_describe(found)}. "
                 "A state_dict maps parameter names (such as 'hidden.weight') to tensors; training "
                 f"checkpoints usually keep it under one of {', '.join(map(repr, NESTED_KEYS))}. "
-                f"Look at the checkpoint's keys and pass the entry that holds the weights{_dict_entries(found)}."
+                f"Look at the checkpoint's keys and pass the entry that holds the weights{_dict_entries(found)}.",
+                reason="no_state_dict",
             )
         found, seen = inner, seen + 1
     return strip_wrapper_prefixes(found) if strip_prefixes else _copy_state_dict(found)
@@ -161,21 +173,45 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-def load_model_weights(model: nn.Module, source: Any, map_location: Any = "cpu") -> nn.Module:
+def fitting_prefix(keys: Iterable[str], expected: Iterable[str]) -> str | None:
+    """The prefix (such as Lightning's ``"model."``) whose keys, without it, are exactly ``expected``.
+
+    Tries the first one, two and three dotted parts of every key. Keys without the prefix (e.g.
+    a Lightning module's loss function or a teacher model) are ignored. ``None`` when no prefix
+    makes the keys fit.
+    """
+    keys, expected = list(keys), set(expected)
+    candidates = []
+    for key in keys:
+        parts = key.split(".")
+        for depth in range(1, min(len(parts), 4)):
+            prefix = ".".join(parts[:depth]) + "."
+            if prefix not in candidates:
+                candidates.append(prefix)
+    for prefix in candidates:
+        if {k[len(prefix):] for k in keys if k.startswith(prefix)} == expected:
+            return prefix
+    return None
+
+
+def load_model_weights(
+    model: nn.Module, source: Any, map_location: Any = "cpu", *, verify_crc: bool = True
+) -> nn.Module:
     """Load the weights in ``source`` into ``model`` strictly, whatever the checkpoint's layout; returns ``model``.
 
-    ``source`` is a file path (read with ``torch.load(path, map_location=map_location,
-    weights_only=True)`` through :func:`~helpers.checkpointing.load_checkpoint`, which explains
-    missing, empty or damaged files) or an object you already loaded (``map_location`` is then
+    ``source`` is a file path (``torch.save``, ``.safetensors`` or a sharded ``*.index.json``,
+    read through :func:`~helpers.checkpoint_files.load_checkpoint` with ``weights_only=True``,
+    which explains missing, empty, truncated or damaged files; ``verify_crc`` is passed on) or an object you already loaded (``map_location`` is then
     not used: ``load_state_dict`` copies each tensor onto the device of the model's own).
 
     Handles a bare state_dict or one nested under ``"model"`` / ``"state_dict"`` /
     ``"model_state_dict"``; keys prefixed with ``module.`` (DataParallel / DDP) and/or
-    ``_orig_mod.`` (torch.compile); and a ``model`` that is itself wrapped in any of those. The
-    dict you pass is never changed.
+    ``_orig_mod.`` (torch.compile); a Lightning checkpoint's attribute prefix (``model.``;
+    stripped only when that makes the keys fit, with a ``CheckpointWarning`` saying so); and a
+    ``model`` that is itself wrapped in any of those. The dict you pass is never changed.
 
-    Raises :class:`~helpers.checkpointing.CheckpointError` when the keys or shapes still don't
-    match: the message lists the first missing, unexpected and mis-shaped keys and what to do,
+    Raises :class:`~helpers.checkpointing.CheckpointError` (``reason="mismatch"``) when the keys
+    or shapes still don't match: the message lists the first missing, unexpected and mis-shaped keys and what to do,
     and nothing is loaded, so the model keeps its values.
     """
     if not isinstance(model, nn.Module):
@@ -184,7 +220,7 @@ def load_model_weights(model: nn.Module, source: Any, map_location: Any = "cpu")
             "Call it as load_model_weights(model, path_or_checkpoint)."
         )
     if isinstance(source, (str, os.PathLike)):
-        checkpoint = load_checkpoint(source, map_location=map_location)
+        checkpoint = load_checkpoint(source, map_location=map_location, verify_crc=verify_crc)
         origin = f"the file {os.fspath(source)}"
     else:
         checkpoint = source
@@ -202,6 +238,19 @@ def load_model_weights(model: nn.Module, source: Any, map_location: Any = "cpu")
             break
         state_dict = _copy_state_dict(state_dict)
         consume_prefix_in_state_dict_if_present(state_dict, prefix)
+    if set(state_dict) != set(expected):
+        prefix = fitting_prefix(state_dict, expected)
+        if prefix is not None:
+            others = [k for k in state_dict if not k.startswith(prefix)]
+            state_dict = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items() if k.startswith(prefix))
+            ignored = f"; ignored {len(others)} other entr{'y' if len(others) == 1 else 'ies'} ({', '.join(others[:3])})" if others else ""
+            warnings.warn(
+                f"Loaded the weights under the prefix {prefix!r} from {origin}: every key there, without "
+                f"the prefix, fits {type(target).__name__} (a PyTorch Lightning checkpoint puts the "
+                f"LightningModule's attribute name in front of each key){ignored}.",
+                CheckpointWarning,
+                stacklevel=2,
+            )
 
     problem = explain_state_dict_mismatch(expected, state_dict)
     if problem:
@@ -213,7 +262,8 @@ def load_model_weights(model: nn.Module, source: Any, map_location: Any = "cpu")
             f"{problem}\n"
             "Nothing was loaded: the model still has the values it had before. Build the model "
             "with the same class and settings as the one that was saved, or rename the keys "
-            "that differ before loading (lesson 01)."
+            "that differ before loading (lesson 01).",
+            reason="mismatch",
         )
     target.load_state_dict(state_dict, strict=True)
     return model
