@@ -11,10 +11,12 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -138,6 +140,9 @@ def test_the_solution_scores_full_marks_and_the_handout_nothing(completed):
     assert (alice["lesson"], alice["lesson_from"]) == (LESSON, "metadata")
     assert statuses(alice) == dict.fromkeys(["q1", "q2", "q3", "q4"], "correct")
     assert (alice["correct"], alice["total"]) == (4, 4)
+    # A handed-in solution is flagged (it still holds the solution regions), and nothing else is.
+    assert len(alice["flags"]) == 1 and "a solution notebook" in alice["flags"][0]
+    assert bob["flags"] == []
     assert (bob["lesson"], bob["lesson_from"]) == (LESSON, "metadata")
     assert statuses(bob) == dict.fromkeys(["q1", "q2", "q3", "q4"], "not attempted")
     assert bob["cell_errors"] == []
@@ -189,9 +194,11 @@ def test_the_gradebook_files_and_the_table(completed):
     submission = completed.data["submissions"][0]
     assert completed.data["timeout_seconds"] == grade.DEFAULT_TIMEOUT
     assert set(submission) == {"notebook", "lesson", "lesson_from", "run", "problem", "seconds", "output_bytes",
-                               "correct", "total", "exercises", "cell_errors"}
+                               "correct", "total", "exercises", "cell_errors", "flags"}
     assert completed.out.splitlines()[0].split() == ["notebook", "exercise", "status", "message"]
-    assert "alice_solved.ipynb: 4/4 correct" in completed.out
+    assert "alice_solved.ipynb: 4/4 correct" in completed.out and "⚠ a solution notebook" in completed.out
+    alice_rows = [row for row in completed.rows if row["notebook"].endswith("alice_solved.ipynb")]
+    assert all("a solution notebook" in row["flags"] for row in alice_rows)
     assert "carol_01.ipynb: 2/4 correct" not in completed.out and "carol_01.ipynb: 1/4 correct (1 wrong, 2 error)" in completed.out
     assert "cell 4 [c3] raised SyntaxError" in completed.out
 
@@ -249,6 +256,153 @@ def test_a_file_that_is_not_a_notebook_gets_an_error_row(broken):
 def test_a_notebook_of_no_known_lesson_asks_for_lesson(broken):
     zed = broken.by_name["zed.ipynb"]
     assert zed["lesson"] is None and "--lesson" in zed["problem"]
+
+
+# ---- hostile submissions: faked verdicts, patched checks, killed parents, writes outside -----
+
+OLD_LESSON = "02_whole_model_vs_state_dict"
+FAKE_LINES = (
+    "import json, os\n"
+    "for q in ['q1', 'q2', 'q3', 'q4']:\n"
+    "    with open(os.environ['COURSE_VERDICTS_FILE'], 'a') as f:\n"
+    f"        f.write(json.dumps({{'lesson': {LESSON!r}, 'exercise': q, 'status': 'correct', 'message': 'x'}}) + '\\n')\n"
+    "    print(f'✅ {q}: correct. Well done.')"
+)
+PATCHES = (
+    "import helpers.checks\nfrom helpers.checks import Verdict\n"
+    "helpers.checks.Exercise.evaluate = lambda self, *a, **k: Verdict(self.lesson, self.name, 'correct', 'ok')\n"
+    "helpers.checks.record_verdict = lambda verdict, path=None: None\n"
+    "ex.q2.checker = lambda *a, **k: 'fine'"
+)
+DISK_PATCH = (
+    "import pathlib, sys, importlib, helpers.checks\n"
+    "path = pathlib.Path(helpers.checks.__file__)\n"
+    "path.write_text(path.read_text().replace('    def _evaluate(self, *args, **kwargs) -> Verdict:\\n',\n"
+    "    '    def _evaluate(self, *args, **kwargs) -> Verdict:\\n        return self._verdict(CORRECT, \"ok\")\\n'))\n"
+    "for name in [n for n in sys.modules if n.startswith(('helpers.checks', 'helpers.exercises'))]:\n"
+    "    del sys.modules[name]\n"
+    "from helpers.exercises import lesson01 as ex"
+)
+
+
+@pytest.fixture(scope="module")
+def attacks(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("attacks")
+    tag = uuid.uuid4().hex[:8]
+    pid_file = folder / "killer.pid"
+    outside = (
+        "import os, pathlib\n"
+        f"pathlib.Path(os.environ['PWD'], 'pwd-{tag}.txt').write_text('x')\n"
+        f"pathlib.Path(os.environ.get('OLDPWD', os.environ['PWD']), 'oldpwd-{tag}.txt').write_text('x')\n"
+        f"pathlib.Path.home().joinpath('home-{tag}.txt').write_text('x')\n"
+        f"pathlib.Path(os.path.expanduser('~/.config'), 'config-{tag}.txt').parent.mkdir(parents=True, exist_ok=True)"
+    )
+    submissions = [
+        write_notebook(folder / "fake_lines_01.ipynb", IMPORT, FAKE_LINES),
+        write_notebook(folder / "patched_01.ipynb", IMPORT, PATCHES, Q1_RIGHT.replace("named_buffers", "named_parameters"),
+                       Q2_CHECK.replace("save_weights, load_weights", "None, None")),
+        write_notebook(folder / "disk_01.ipynb", IMPORT, DISK_PATCH, "ex.q1.check(set(), m)"),
+        # A batch of three around a submission that kills its kernel's parent, then one that kills
+        # its parent's process group: the others are graded as usual.
+        write_notebook(folder / "before_01.ipynb", IMPORT, outside, Q1_RIGHT),
+        write_notebook(folder / "killer_01.ipynb", IMPORT, Q1_RIGHT,
+                       f"import os, signal, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+                       "os.kill(os.getppid(), signal.SIGKILL)\ntime.sleep(600)"),
+        write_notebook(folder / "group_killer_01.ipynb", IMPORT,
+                       "import os, signal\nos.killpg(os.getpgid(os.getppid()), signal.SIGKILL)"),
+        write_notebook(folder / "after_01.ipynb", IMPORT, Q1_RIGHT),
+        # A lesson 02 notebook handed in under a lesson 01 name.
+        write_notebook(folder / "renamed_01.ipynb", "x = 1", course={"lesson": OLD_LESSON}),
+    ]
+    temp_before = set(Path(tempfile.gettempdir()).glob("grade-*"))
+    checks_before = (ROOT / "helpers" / "checks.py").read_bytes()
+    result = gradebook(folder, *submissions, "--timeout", "120")
+    result.tag, result.pid_file = tag, pid_file
+    result.temp_left = set(Path(tempfile.gettempdir()).glob("grade-*")) - temp_before
+    result.checks_unchanged = (ROOT / "helpers" / "checks.py").read_bytes() == checks_before
+    return result
+
+
+def flags(submission):
+    return " | ".join(submission["flags"])
+
+
+def test_faked_verdict_lines_and_printed_verdicts_do_not_raise_the_score(attacks):
+    fake = attacks.by_name["fake_lines_01.ipynb"]
+    assert fake["correct"] == 0 and statuses(fake)["q1"] == "error"  # no check call: the grader's own verdict is missing
+    assert "tampering suspected" in flags(fake)
+    assert "a 'correct' verdict for q1 was recorded" in flags(fake)
+    assert "printed a 'correct' verdict for q1" in flags(fake)
+
+
+def test_patched_checks_do_not_raise_the_score(attacks):
+    patched = attacks.by_name["patched_01.ipynb"]
+    # The grader judged q1 (parameter names, not buffers) and q2 (None) with its own checks.
+    assert statuses(patched)["q1"] == "wrong" and statuses(patched)["q2"] == "wrong"
+    for name in ("helpers.checks.Exercise.evaluate", "helpers.checks.record_verdict", "helpers.exercises.lesson01.q2.checker"):
+        assert f"code in the notebook replaced {name}" in flags(patched), name
+    assert "printed a 'correct' verdict for q1 that the grader's check did not give" in flags(patched)
+
+
+def test_a_checks_module_patched_on_disk_does_not_raise_the_score(attacks):
+    disk = attacks.by_name["disk_01.ipynb"]
+    assert statuses(disk)["q1"] == "wrong"
+    assert "changed the grading copy's helpers (checks.py)" in flags(disk)
+    assert attacks.checks_unchanged
+
+
+def test_killing_the_grading_process_costs_only_that_submission(attacks):
+    assert attacks.status == 1
+    runs = {name: s["run"] for name, s in attacks.by_name.items()}
+    assert runs["killer_01.ipynb"] == runs["group_killer_01.ipynb"] == "killed"
+    killer = attacks.by_name["killer_01.ipynb"]
+    assert "killed its grading process (killed by signal SIGKILL) while cell 3 [c2] ran" in killer["problem"]
+    assert statuses(killer) == dict.fromkeys(["q1", "q2", "q3", "q4"], "error")
+    for name in ("before_01.ipynb", "after_01.ipynb"):
+        assert runs[name] == "completed" and statuses(attacks.by_name[name])["q1"] == "correct", name
+    assert "killer_01.ipynb: not graded" not in attacks.out and "killer_01.ipynb: 0/4" in attacks.out
+    # What the killed one left behind is gone: its kernel, its temporary folders.
+    pid = int(attacks.pid_file.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert attacks.temp_left == set()
+
+
+def test_a_submission_cannot_write_into_the_course_through_its_environment(attacks):
+    before = attacks.by_name["before_01.ipynb"]
+    assert before["cell_errors"] == []  # every write went somewhere: into the grading copy
+    written = [p for p in ROOT.rglob(f"*{attacks.tag}*")] + list(Path.home().glob(f"*{attacks.tag}*"))
+    assert written == []
+
+
+def test_a_renamed_lesson_is_noted(attacks):
+    renamed = attacks.by_name["renamed_01.ipynb"]
+    assert renamed["lesson"] == OLD_LESSON
+    assert f"the file name says lesson {LESSON}, but the notebook is lesson {OLD_LESSON}" in flags(renamed)
+
+
+def test_an_environment_without_the_real_course(tmp_path, monkeypatch):
+    monkeypatch.setenv("OLDPWD", str(ROOT))
+    monkeypatch.setenv("VIRTUAL_ENV", str(ROOT / ".venv"))
+    monkeypatch.setenv("SOMETHING_ELSE", "kept")
+    course, home = tmp_path / "course", tmp_path / "home"
+    env = grade.kernel_environment(course, home, tmp_path / "v.jsonl", ROOT)
+    assert "OLDPWD" not in env and "VIRTUAL_ENV" not in env and env["SOMETHING_ELSE"] == "kept"
+    assert env["PWD"] == str(course / "notebooks") and env["HOME"] == str(home)
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(course)
+    inside = [key for key, value in env.items() if key != "PATH" and str(ROOT.resolve()) in value]
+    assert inside == []
+
+
+def test_the_recheck_finds_check_calls_and_replaced_functions():
+    from helpers import grade_recheck
+
+    calls = grade_recheck.check_calls("x = 1\nex.q2.check(a, b=c)\nprint(ex.q1.check(*args))")
+    assert [c.func.value.attr for c in calls] == ["q2", "q1"]
+    assert grade_recheck.check_calls("def broken(:") == []
+    args, kwargs = grade_recheck.call_arguments(calls[0], {"a": 1, "c": 2})
+    assert (args, kwargs) == ([1], {"b": 2})
+    assert grade_recheck.replaced_helpers() == []  # nothing replaced in this test process
 
 
 # ---- without a kernel ---------------------------------------------------------------------
