@@ -28,6 +28,7 @@ A lesson's checks live in ``helpers/exercises/lessonNN.py``::
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import pickle
@@ -161,6 +162,9 @@ class Exercise:
             return self._verdict(
                 NOT_ATTEMPTED, "Replace the `...` placeholder with your code, then run the check again."
             )
+        shape_problem = self._shape_problem(args, kwargs)
+        if shape_problem:
+            return self._verdict(WRONG, f"{shape_problem} (Stuck? Run ex.{self.name}.hint().)")
         try:
             message = self.checker(*args, **kwargs)
         except NotAttempted as e:
@@ -185,6 +189,28 @@ class Exercise:
                 f"Fix that error, then run the check again. (Stuck? Run ex.{self.name}.hint().)",
             )
         return self._verdict(CORRECT, message or "Well done.")
+
+    def _shape_problem(self, args: tuple, kwargs: dict) -> str | None:
+        """What is wrong with the *kind* of answer given, before the checker looks at it.
+
+        The check cell passes what the task asks for: the right number of answers, and a function
+        where the checker's parameter is annotated ``Callable``. Anything else gets a message
+        that says what was expected, instead of an error raised inside the checker.
+        """
+        signature = inspect.signature(self.checker)
+        expected = ", ".join(signature.parameters)
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as e:
+            return f"ex.{self.name}.check(...) takes ({expected}); {e}. Run the check cell as it was given."
+        for name, value in bound.arguments.items():
+            annotation = self.checker.__annotations__.get(name)
+            if annotation is not None and "Callable" in str(annotation) and not callable(value):
+                return (
+                    f"`{name}` should be your function, passed by its name without calling it "
+                    f"(ex.{self.name}.check({name}, ...)); you passed a {type(value).__name__}."
+                )
+        return None
 
     def check(self, *args, **kwargs) -> None:
         """Check an answer: show the verdict and record it. Never raises."""

@@ -88,6 +88,21 @@ def test_a_broken_course_is_an_environment_problem_not_a_wrong_answer(exercises,
     assert "not your answer" in str(verdict)
 
 
+def test_an_answer_of_the_wrong_kind_gets_a_message_that_says_what_was_expected():
+    exercises = ExerciseSet("99_demo")
+
+    @exercises.exercise("q1", "Double it", hints=["x * 2"])
+    def q1(double: "Callable[[int], int]", x: int = 3):
+        return "fine" if double(x) == 2 * x else "never"
+
+    verdict = exercises["q1"].evaluate(6)
+    assert verdict.status == WRONG and "`double` should be your function" in verdict.message and "int" in verdict.message
+    verdict = exercises["q1"].evaluate(lambda x: 2 * x, 3, 4)
+    assert verdict.status == WRONG and "takes (double, x)" in verdict.message
+    assert "Checking your answer raised" not in verdict.message
+    assert exercises["q1"].evaluate(lambda x: 2 * x).status == CORRECT
+
+
 def test_an_empty_success_message_still_congratulates(exercises):
     assert exercises["q2"].evaluate(4).message == "Well done."
 
