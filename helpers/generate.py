@@ -49,8 +49,13 @@ class GeneratorError(ValueError):
 # Solution regions -> placeholders
 
 
-def _placeholder_lines(region: str) -> list[str]:
-    """Placeholder statements (unindented) for the code of one solution region."""
+def _placeholder_lines(region: str, indented: bool = False) -> list[str]:
+    """Placeholder statements (unindented) for the code of one solution region.
+
+    ``indented`` says the region sits inside a block (a function body, as a rule): a region
+    there with nothing to assign becomes ``raise NotImplementedError``, so that the check can
+    tell the placeholder from code that ran and did nothing.
+    """
     tree = ast.parse(textwrap.dedent(region))
     if any(isinstance(node, ast.Return) for node in tree.body):
         # The rest of a function body: the learner writes all of it.
@@ -80,6 +85,8 @@ def _placeholder_lines(region: str) -> list[str]:
             for line in ast.unparse(ast.fix_missing_locations(stub)).splitlines():
                 lines.append(line)
             lines[-1] += "  # YOUR CODE HERE"
+    if not lines and indented:
+        return ["raise NotImplementedError  # YOUR CODE HERE"]
     return lines or ["pass  # YOUR CODE HERE"]
 
 
@@ -103,7 +110,7 @@ def strip_solutions(source: str, where: str = "<cell>") -> str:
             if region is None:
                 raise GeneratorError(f"{where}, line {number}: {END} without a {BEGIN} before it")
             try:
-                placeholder = _placeholder_lines("\n".join(region))
+                placeholder = _placeholder_lines("\n".join(region), indented=bool(indent))
             except SyntaxError as e:
                 raise GeneratorError(
                     f"{where}: the solution region ending on line {number} is not valid Python "

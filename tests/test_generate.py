@@ -100,9 +100,11 @@ def test_two_functions_in_one_region_stay_two_blank_lines_apart():
     assert not stub.startswith("\n")
 
 
-def test_statements_without_a_result_become_pass():
+def test_statements_without_a_result_raise_in_a_function_and_pass_at_top_level():
     source = "def save(m, p):\n    ### BEGIN SOLUTION\n    torch.save(m.state_dict(), p)\n    ### END SOLUTION\n"
-    assert strip_solutions(source) == "def save(m, p):\n    pass  # YOUR CODE HERE"
+    # A function body that returns nothing: the placeholder still raises, so "not attempted" and
+    # "ran and did nothing" stay two different things.
+    assert strip_solutions(source) == "def save(m, p):\n    raise NotImplementedError  # YOUR CODE HERE"
 
 
 def test_every_placeholder_is_code_that_runs():
@@ -114,11 +116,15 @@ def test_every_placeholder_is_code_that_runs():
         ### BEGIN SOLUTION
         answer = 42
         ### END SOLUTION
-        g()
+        ### BEGIN SOLUTION
+        print("top level")
+        ### END SOLUTION
     """)
     namespace = {}
-    exec(strip_solutions(source), namespace)
+    exec(strip_solutions(source), namespace)  # the cell runs...
     assert namespace["answer"] is Ellipsis
+    with pytest.raises(NotImplementedError):  # ...and the function says it is not written yet
+        namespace["g"]()
 
 
 @pytest.mark.parametrize(
