@@ -6,6 +6,14 @@
 ``scripts/make_pretrained_backbone.py``. :func:`load_course_backbone` checks the file's SHA-256
 before loading, so a damaged or changed file is refused with a message that says how to restore it.
 
+**The transfer task** of the lesson: the digits 5-9 (labels 0-4), off-centre, with a few labels per
+class (:func:`transfer_task`, :func:`few_shot_indices`). :func:`few_label_accuracy` learns it one
+way (a :class:`Setup`: pretrained or random backbone, frozen or trained), the same way for every
+setup; ``scripts/compare_pretrained_backbone.py`` runs it over many seeds and writes
+``data/pretrained_backbone/comparison.json``, which :func:`read_comparison` reads.
+:func:`calibrate_batchnorm` gives a frozen backbone BatchNorm statistics of the new images, without
+labels, and :func:`paired_difference` summarises a comparison paired by seed.
+
 **ImageNet VGG19** (548 MB) and **CIFAR-10** (163 MB) are downloaded by torchvision. That needs
 internet, which CI and many learners don't have: :func:`load_vgg19_imagenet` and
 :func:`cifar10_datasets` turn a failed download into a :class:`DownloadFailedError` that says what
@@ -16,13 +24,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping, Sequence
 from urllib.error import URLError
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers.data import digits_datasets
 from helpers.environment import repo_root
 from helpers.models import DigitsCNN
 
@@ -152,6 +164,220 @@ def few_shot_indices(labels: torch.Tensor, k: int, seed: int) -> torch.Tensor:
             raise ValueError(f"class {c} has only {len(members)} examples, fewer than k={k}")
         chosen.append(members[torch.randperm(len(members), generator=generator)[:k]])
     return torch.cat(chosen)
+
+
+@dataclass(frozen=True)
+class TransferTask:
+    """Lesson 07's new task: the digits 5-9 as labels 0-4, ``(N, 1, 8, 8)`` images.
+
+    ``x_pool, y_pool``: the training split, from which a few labelled images per class are drawn;
+    ``x_test, y_test``: the held-out split.
+    """
+
+    x_pool: torch.Tensor
+    y_pool: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def transfer_task(shifted: bool = True, shift_seed: int = 7) -> TransferTask:
+    """The digits 5-9 (labels 0-4), each image moved by up to one pixel unless ``shifted=False``.
+
+    The split is the one ``helpers.data.digits_datasets(classes=range(5, 10))`` makes; the shifts
+    come from ``torch.Generator().manual_seed(shift_seed)``, training images first.
+    """
+    train, test = digits_datasets(classes=range(5, 10))
+    x_pool, x_test = train.tensors[0], test.tensors[0]
+    if shifted:
+        shifts = torch.Generator().manual_seed(shift_seed)
+        x_pool, x_test = random_shift(x_pool, shifts), random_shift(x_test, shifts)
+    return TransferTask(x_pool, train.tensors[1] - 5, x_test, test.tensors[1] - 5)
+
+
+def calibrate_batchnorm(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """Set every BatchNorm's running statistics to those of ``images``, without labels; return ``model``.
+
+    One forward pass under ``torch.no_grad()`` in training mode, with ``momentum=None`` (so the
+    running mean and variance become exactly this pass's). Each module's mode and each
+    BatchNorm's momentum are put back afterwards; no parameter changes.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        raise ValueError(f"{type(model).__name__} has no BatchNorm layer to calibrate")
+    modes = [(m, m.training) for m in model.modules()]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    try:
+        model.train()
+        with torch.no_grad():
+            model(images)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        for m, mode in modes:
+            m.training = mode
+    return model
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One way to learn the new task: which backbone, frozen or not, and its BatchNorm statistics.
+
+    ``weights``: ``"pretrained"`` (the course backbone's) or ``"random"``. ``frozen``: only the new
+    head trains, the backbone stays in eval mode; otherwise everything trains.
+
+    ``calibrate`` (frozen backbones only): recompute the backbone's BatchNorm statistics on the
+    labelled training images (no labels used) before training the head. Without it, a frozen
+    backbone keeps the statistics it came with: the pretraining ones, or 0 and 1 for a random one.
+    """
+
+    weights: str
+    frozen: bool
+    calibrate: bool = False
+
+    def __post_init__(self):
+        if self.weights not in ("pretrained", "random"):
+            raise ValueError(f"weights must be 'pretrained' or 'random', got {self.weights!r}")
+        if self.calibrate and not self.frozen:
+            raise ValueError("calibrate is for frozen backbones: a trained backbone's BatchNorm learns its statistics")
+
+
+SETUPS: dict[str, Setup] = {
+    "frozen pretrained": Setup("pretrained", frozen=True),
+    "frozen pretrained, BN recalibrated": Setup("pretrained", frozen=True, calibrate=True),
+    "frozen random, BN calibrated": Setup("random", frozen=True, calibrate=True),
+    "frozen random, BN at 0 and 1": Setup("random", frozen=True),
+    "fine-tuned pretrained": Setup("pretrained", frozen=False),
+    "trained from scratch": Setup("random", frozen=False),
+}
+"""The setups lesson 07 compares, by name (the names ``comparison.json`` uses)."""
+
+
+def few_label_accuracy(
+    setup: Setup,
+    task: TransferTask,
+    k: int,
+    seed: int,
+    steps: int = 50,
+    lr: float = 1e-2,
+    backbone: Mapping[str, torch.Tensor] | None = None,
+) -> float:
+    """Test accuracy after learning ``task`` from ``k`` labelled images per class, one ``setup``.
+
+    ``seed`` picks the labelled images and seeds PyTorch, so the new head starts from the same
+    weights in every setup (and a random backbone is the same for the frozen and trained ones):
+    results with the same seed are paired. Training: a fresh ``DigitsCNN`` with 5 outputs, Adam
+    with ``lr`` over the trainable parameters, ``steps`` full-batch steps; a frozen backbone is kept
+    in eval mode. ``backbone`` is the pretrained state_dict (default: the course backbone's).
+    Changes PyTorch's global random state (seeds it).
+    """
+    torch.manual_seed(seed)
+    model = DigitsCNN(num_classes=5)
+    if setup.weights == "pretrained":
+        state = backbone if backbone is not None else load_backbone_state()
+        model.features.load_state_dict({k[len("features."):]: v for k, v in state.items() if k.startswith("features.")})
+    chosen = few_shot_indices(task.y_pool, k, seed)
+    x, y = task.x_pool[chosen], task.y_pool[chosen]
+    if setup.frozen:
+        model.features.requires_grad_(False)
+        if setup.calibrate:
+            calibrate_batchnorm(model.features, x)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    if setup.frozen:
+        model.features.eval()
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        return (model(task.x_test).argmax(1) == task.y_test).float().mean().item()
+
+
+def t_quantile_975(df: int) -> float:
+    """The 97.5 % quantile of Student's t distribution with ``df`` degrees of freedom (2.093 for 19).
+
+    Mean ± this × sd / √n is the usual 95 % confidence interval of a mean of n values. Computed
+    by integrating the density numerically (no SciPy needed); accurate to about 1e-6.
+    """
+    if df < 1:
+        raise ValueError(f"df must be at least 1, got {df}")
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf_above_half(x: float, n: int = 2000) -> float:  # integral of the density from 0 to x (Simpson)
+        h = x / n
+        total = 0.0
+        for i in range(n + 1):
+            weight = 1 if i in (0, n) else (4 if i % 2 else 2)
+            t = i * h
+            total += weight * math.exp(log_c - (df + 1) / 2 * math.log1p(t * t / df))
+        return total * h / 3
+
+    low, high = 0.0, 20.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        if cdf_above_half(mid) < 0.475:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], scale: float = 100.0) -> dict[str, float]:
+    """Summary of ``a[i] - b[i]`` (paired by seed), times ``scale`` (100: accuracy points).
+
+    Returns ``n``, ``mean``, ``sd`` (sample standard deviation), ``min``, ``max``, the 95 %
+    confidence interval of the mean (``ci_low``, ``ci_high``; Student's t) and how many pairs
+    had ``a`` ahead, behind or level (``ahead``, ``behind``, ``level``).
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired results need the same number of seeds, got {len(a)} and {len(b)}")
+    if len(a) < 2:
+        raise ValueError("a spread needs at least 2 pairs")
+    diffs = [scale * (x - y) for x, y in zip(a, b)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    half = t_quantile_975(n - 1) * sd / math.sqrt(n)
+    return {
+        "n": n, "mean": mean, "sd": sd, "min": min(diffs), "max": max(diffs),
+        "ci_low": mean - half, "ci_high": mean + half,
+        "ahead": sum(d > 0 for d in diffs), "behind": sum(d < 0 for d in diffs), "level": sum(d == 0 for d in diffs),
+    }
+
+
+COMPARISON_FILE = "comparison.json"
+"""Results of ``scripts/compare_pretrained_backbone.py``, inside ``data/pretrained_backbone/``."""
+
+
+def comparison_path() -> Path:
+    """Where the stored comparison lives: ``data/pretrained_backbone/comparison.json``."""
+    return repo_root() / "data" / "pretrained_backbone" / COMPARISON_FILE
+
+
+def read_comparison(path: str | Path | None = None) -> dict:
+    """The stored comparison (see ``scripts/compare_pretrained_backbone.py`` for its layout).
+
+    Raises :class:`PretrainedFileError` that says how to restore or regenerate a missing or
+    unreadable file.
+    """
+    path = Path(path) if path is not None else comparison_path()
+    advice = (
+        f"Restore it with `git checkout -- data/pretrained_backbone/{COMPARISON_FILE}`, or regenerate it "
+        "with `python scripts/compare_pretrained_backbone.py` (a few minutes on one CPU core)."
+    )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PretrainedFileError(f"The stored comparison {path} is missing. {advice}") from None
+    except (OSError, ValueError) as error:
+        raise PretrainedFileError(f"The stored comparison {path} could not be read ({error}). {advice}") from None
+    if not isinstance(data, dict) or not {"provenance", "settings", "correct"} <= set(data):
+        raise PretrainedFileError(f"The stored comparison {path} does not have the expected layout. {advice}")
+    return data
 
 
 def _download_advice(what: str, error: BaseException) -> str:

@@ -111,8 +111,8 @@ def test_verify_backbone_accepts_another_expected_checksum(tmp_path):
 
 # ---- the script that makes it --------------------------------------------------------------------
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("make_pretrained_backbone", ROOT / "scripts" / "make_pretrained_backbone.py")
+def load_script(name="make_pretrained_backbone"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -228,3 +228,146 @@ def test_cifar10_offline_says_what_happened(tmp_path):
     with pytest.raises(DownloadFailedError, match="Could not download CIFAR-10") as info:
         cifar10_datasets(tmp_path / "cifar")
     assert "USE_IMAGENET = False" in str(info.value)
+
+
+# ---- the transfer task, BatchNorm calibration and the comparison ---------------------------------
+
+def test_transfer_task_is_the_digits_5_to_9_shifted_reproducibly(in_repo):
+    from helpers.data import digits_datasets
+    from helpers.pretrained import transfer_task
+
+    task, again, centred = transfer_task(), transfer_task(), transfer_task(shifted=False)
+    train, test = digits_datasets(classes=range(5, 10))
+    assert torch.equal(task.x_pool, again.x_pool) and torch.equal(task.x_test, again.x_test)
+    assert torch.equal(centred.x_pool, train.tensors[0]) and torch.equal(centred.x_test, test.tensors[0])
+    assert torch.equal(task.y_pool, train.tensors[1] - 5) and torch.equal(task.y_test, test.tensors[1] - 5)
+    assert sorted(task.y_pool.unique().tolist()) == [0, 1, 2, 3, 4]
+    assert task.x_pool.shape == centred.x_pool.shape and not torch.equal(task.x_pool, centred.x_pool)
+
+
+def test_calibrate_batchnorm_sets_the_statistics_of_the_images_and_restores_the_rest():
+    from helpers.pretrained import calibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = DigitsCNN(num_classes=5)
+    model.train()
+    model.classifier.eval()
+    norm = model.features[1]
+    norm.momentum = 0.3
+    params = [p.clone() for p in model.parameters()]
+    images = torch.rand(40, 1, 8, 8) * 2 + 1
+    assert calibrate_batchnorm(model, images) is model
+    inputs = model.features[0](images)
+    assert torch.allclose(norm.running_mean, inputs.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(norm.running_var, inputs.var(dim=(0, 2, 3), unbiased=True), rtol=1e-4)
+    assert norm.momentum == 0.3 and model.features[4].momentum == 0.1
+    assert model.training and model.features.training and not model.classifier.training
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params))
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        calibrate_batchnorm(torch.nn.Linear(3, 2), torch.rand(4, 3))
+
+
+def test_setup_refuses_calibrating_a_backbone_that_trains():
+    from helpers.pretrained import SETUPS, Setup
+
+    with pytest.raises(ValueError, match="frozen"):
+        Setup("pretrained", frozen=False, calibrate=True)
+    with pytest.raises(ValueError, match="'pretrained' or 'random'"):
+        Setup("imagenet", frozen=True)
+    assert {s.frozen for s in SETUPS.values()} == {True, False} and len(SETUPS) == 6
+
+
+def test_few_label_accuracy_is_reproducible_and_paired_by_seed(in_repo):
+    from helpers.pretrained import SETUPS, few_label_accuracy, transfer_task
+
+    task = transfer_task()
+    setup = SETUPS["frozen random, BN calibrated"]
+    with torch.random.fork_rng():
+        first = few_label_accuracy(setup, task, k=1, seed=3, steps=5)
+        second = few_label_accuracy(setup, task, k=1, seed=3, steps=5)
+        other = few_label_accuracy(SETUPS["frozen pretrained"], task, k=1, seed=3, steps=5)
+        explicit = few_label_accuracy(SETUPS["frozen pretrained"], task, k=1, seed=3, steps=5, backbone=load_backbone_state())
+    assert first == second and other == explicit
+    assert 0 <= first <= 1 and round(first * len(task.y_test)) == pytest.approx(first * len(task.y_test), abs=1e-3)
+
+
+def test_t_quantile_matches_the_printed_tables():
+    from helpers.pretrained import t_quantile_975
+
+    for df, expected in ((1, 12.706), (4, 2.776), (11, 2.201), (19, 2.093), (30, 2.042), (1000, 1.962)):
+        assert t_quantile_975(df) == pytest.approx(expected, abs=1e-3)
+    with pytest.raises(ValueError):
+        t_quantile_975(0)
+
+
+def test_paired_difference_summarises_the_per_seed_differences():
+    from helpers.pretrained import paired_difference, t_quantile_975
+
+    d = paired_difference([0.5, 0.6, 0.7, 0.7], [0.4, 0.6, 0.5, 0.8])
+    diffs = [10.0, 0.0, 20.0, -10.0]
+    assert d["n"] == 4 and d["mean"] == pytest.approx(5.0) and d["min"] == pytest.approx(-10) and d["max"] == pytest.approx(20)
+    sd = torch.tensor(diffs, dtype=torch.float64).std().item()
+    assert d["sd"] == pytest.approx(sd)
+    assert d["ci_high"] - d["mean"] == pytest.approx(t_quantile_975(3) * sd / 2)
+    assert (d["ahead"], d["behind"], d["level"]) == (2, 1, 1)
+    with pytest.raises(ValueError, match="same number"):
+        paired_difference([1, 2], [1])
+    with pytest.raises(ValueError, match="at least 2"):
+        paired_difference([1], [1])
+
+
+def test_the_stored_comparison_is_complete_consistent_and_has_its_provenance(in_repo):
+    from helpers.pretrained import SETUPS, comparison_path, paired_difference, read_comparison
+
+    stored = read_comparison()
+    prov, settings = stored["provenance"], stored["settings"]
+    assert prov["command"].startswith("python scripts/compare_pretrained_backbone.py")
+    assert {"date", "torch", "python", "threads", "machine", "seconds"} <= set(prov) and prov["threads"] >= 1
+    assert len(settings["seeds"]) >= 12 and settings["setups"] == {n: vars(s) for n, s in SETUPS.items()}
+    n_test = settings["test_images"]
+    for digits, ks in (("off-centre", settings["labels_per_class"]), ("centred", settings["centred_labels_per_class"])):
+        assert sorted(stored["correct"][digits]) == sorted(map(str, ks))
+        for counts in stored["correct"][digits].values():
+            assert set(counts) == set(SETUPS)
+            assert all(len(c) == len(settings["seeds"]) and all(0 <= x <= n_test for x in c) for c in counts.values())
+    for d in stored["differences"]:  # every stored difference is what its counts give
+        counts = stored["correct"][d["digits"]][str(d["labels_per_class"])]
+        again = paired_difference([c / n_test for c in counts[d["a"]]], [c / n_test for c in counts[d["b"]]])
+        assert all(d[key] == pytest.approx(value) for key, value in again.items())
+    script = load_script("compare_pretrained_backbone")
+    assert comparison_path().with_suffix(".md").read_text(encoding="utf-8") == script.markdown(stored)
+
+
+def test_read_comparison_says_how_to_restore_a_missing_or_broken_file(tmp_path):
+    from helpers.pretrained import read_comparison
+
+    with pytest.raises(PretrainedFileError, match="missing") as info:
+        read_comparison(tmp_path / "none.json")
+    assert "git checkout -- data/pretrained_backbone/comparison.json" in str(info.value)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(PretrainedFileError, match="could not be read"):
+        read_comparison(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(PretrainedFileError, match="expected layout"):
+        read_comparison(tmp_path / "other.json")
+
+
+def test_the_comparison_script_runs_on_a_tiny_budget_and_records_its_threads(in_repo, tmp_path, capsys):
+    from helpers.pretrained import read_comparison
+
+    script = load_script("compare_pretrained_backbone")
+    threads = torch.get_num_threads()
+    out = tmp_path / "c.json"
+    try:
+        with torch.random.fork_rng():
+            script.main(["--seeds", "2", "--labels", "1", "--centred-labels", "--threads", "1", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    result = read_comparison(out)
+    assert result["provenance"]["threads"] == 1 and result["settings"]["seeds"] == [0, 1]
+    assert result["provenance"]["command"].endswith("--threads 1 --out " + str(out))
+    assert list(result["correct"]) == ["off-centre"] and len(result["differences"]) == len(script.PAIRS)
+    assert out.with_suffix(".md").read_text(encoding="utf-8") == script.markdown(result)
+    assert "Paired differences" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        script.main(["--seeds", "1", "--out", str(out)])
