@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from helpers import gpu_reference
-from helpers.checkpointing import CheckpointError
+from helpers.checkpointing import CheckpointError, CheckpointWarning
 from helpers.models import DigitsCNN, DigitsMLP
 from helpers.state_dicts import (
     extract_state_dict,
+    fitting_prefix,
     load_model_weights,
     state_dict_digest,
     strip_wrapper_prefixes,
@@ -310,3 +311,46 @@ def test_make_cuda_checkpoint_relabels_without_a_gpu(tmp_path, monkeypatch):
     assert script.location_tags(tmp_path / "plain.pt") == {"cpu": 1}
     remade = torch.load(path, map_location="cpu", weights_only=True)
     assert set(remade) == {"model", "optimizer", "epoch"}
+
+
+# ---- issue 19: Lightning prefixes, safetensors, one vocabulary of reasons ------------------
+
+
+def test_a_lightning_checkpoint_loads_and_says_it_stripped_the_prefix(tmp_path, source):
+    weights = {"model." + k: v for k, v in source.state_dict().items()}
+    weights["loss_fn.pos_weight"] = torch.ones(1)  # another submodule of the LightningModule
+    path = tmp_path / "epoch=1-step=20.ckpt"
+    torch.save({"state_dict": weights, "pytorch-lightning_version": "2.4.0", "epoch": 1, "global_step": 20,
+                "optimizer_states": [], "lr_schedulers": [], "loops": {}}, path)
+    model = DigitsCNN()
+    with pytest.warns(CheckpointWarning, match=r"prefix 'model\.'.*Lightning.*ignored 1 other entry \(loss_fn.pos_weight\)"):
+        load_model_weights(model, path)
+    assert same_weights(model, source)
+
+
+def test_fitting_prefix_finds_only_a_prefix_that_fits(source):
+    keys = list(source.state_dict())
+    assert fitting_prefix(["net." + k for k in keys] + ["head.x"], keys) == "net."
+    assert fitting_prefix(["net." + k for k in keys[:-1]], keys) is None
+
+
+def test_safetensors_files_load_into_the_model(tmp_path, source):
+    from safetensors.torch import save_file
+
+    save_file(source.state_dict(), tmp_path / "model.safetensors")
+    model = DigitsCNN()
+    load_model_weights(model, tmp_path / "model.safetensors")
+    assert same_weights(model, source)
+
+
+def test_a_mismatch_has_the_same_reason_as_load_model_state(source):
+    from helpers.checkpointing import load_model_state
+
+    with pytest.raises(CheckpointError) as weights_error:
+        load_model_weights(DigitsMLP(), source.state_dict())
+    with pytest.raises(CheckpointError) as state_error:
+        load_model_state(DigitsMLP(), source.state_dict())
+    assert weights_error.value.reason == state_error.value.reason == "mismatch"
+    with pytest.raises(CheckpointError) as nothing:
+        extract_state_dict({"epoch": 1})
+    assert nothing.value.reason == "no_state_dict"
