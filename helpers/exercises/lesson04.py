@@ -5,15 +5,18 @@ In the notebook: ``from helpers.exercises import lesson04 as ex``.
 
 from __future__ import annotations
 
+import random
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from helpers.checks import ExerciseSet, NotAttempted, Wrong
-from helpers.models import DigitsCNN
+from helpers.checkpointing import capture_rng_state, restore_rng_state
+from helpers.checks import ExerciseSet, Wrong
+from helpers.models import DigitsCNN, DigitsMLP
 
 exercises = ExerciseSet("04_devices_and_multi_gpu_checkpoints")
 
@@ -247,7 +250,10 @@ def q3(save_on_main: Callable[[dict, Path, object], object]) -> str:
             if others:
                 raise Wrong(f"Rank 0 should write exactly `path`; it wrote {', '.join(others)} instead.")
             if not main.barriers and not worker.barriers:
-                raise NotAttempted("save_on_main wrote nothing and called no barrier yet.")
+                raise Wrong(
+                    "save_on_main ran, but it wrote nothing and called no barrier. Rank 0 saves `state` "
+                    "to `path`, then every rank calls dist.barrier()."
+                )
             raise Wrong("Rank 0 did not write `path`. Rank 0 is the one that saves.")
         extra = [p.name for p in folder.iterdir() if p != path]
         if extra:
@@ -315,11 +321,129 @@ def q4(to_device: Callable[[nn.Module, Sequence[torch.Tensor], object], tuple]) 
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise Wrong("The batch should hold two tensors, x and y.")
     if x.device != device or y.device != device:
-        which = " and ".join(name for name, t in (("x", x), ("y", y)) if t.device != device)
+        left = [name for name, t in (("x", x), ("y", y)) if t.device != device]
+        verb = "are" if len(left) == 2 else "is"
         raise Wrong(
-            f"{which} is still on {x.device if x.device != device else y.device}. Unlike model.to(), "
+            f"{' and '.join(left)} {verb} still on {x.device if x.device != device else y.device}. Unlike model.to(), "
             "tensor.to(device) returns a *new* tensor and leaves the original where it was: return the result."
         )
     if x.shape != batch[0].shape or y.shape != batch[1].shape or y.dtype != batch[1].dtype:
         raise Wrong("The batch changed shape or dtype on the way: move it with .to(device) only.")
     return "Model (parameters and buffers) and both tensors are on the device."
+
+
+# ---- q5 -------------------------------------------------------------------------------------
+
+
+def _draws() -> tuple:
+    """A few numbers from each global generator: what a restored random state decides."""
+    return torch.rand(3).tolist(), random.random(), float(np.random.rand())
+
+
+def _rank_state(seed: int) -> dict:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    return capture_rng_state()
+
+
+def _q5_case(folder: Path) -> tuple[Path, dict]:
+    """A DDP checkpoint of two ranks, as lesson 04's section 6 saves it, and what it holds."""
+    torch.manual_seed(5)
+    model = DigitsMLP(hidden=8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model(torch.rand(4, 1, 8, 8)).sum().backward()
+    optimizer.step()
+    checkpoint = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": 6,
+        "world_size": 2,
+        "rng_per_rank": [_rank_state(100), _rank_state(101)],
+    }
+    path = folder / "ddp_checkpoint.pt"
+    torch.save(checkpoint, path)
+    return path, checkpoint
+
+
+@exercises.exercise(
+    "q5",
+    "Resume one rank of a DDP run",
+    hints=[
+        "torch.load(path, map_location=map_location, weights_only=True) gives the checkpoint dict.",
+        "Load checkpoint['model'] into model and checkpoint['optimizer'] into optimizer; call model.train().",
+        "restore_rng_state(checkpoint['rng_per_rank'][rank]) restores this rank's generators. "
+        "'epoch' is the last epoch that finished: training goes on at checkpoint['epoch'] + 1.",
+    ],
+)
+def q5(load_ddp_checkpoint: Callable[..., object]) -> str:
+    """``load_ddp_checkpoint(path, model, optimizer, rank, map_location)`` returns the epoch to start from."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path, saved = _q5_case(Path(tmp))
+        torch.manual_seed(0)
+        model = DigitsMLP(hidden=8).eval()               # a new job's model: other weights, eval mode
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        locations = []
+
+        def map_location(storage, location):
+            locations.append(location)
+            return storage
+
+        load_calls = []
+        real_load = torch.load
+
+        def recording_load(*args, **kwargs):
+            load_calls.append(kwargs)
+            return real_load(*args, **kwargs)
+
+        _rank_state(999)                                 # where a new process's generators would be
+        torch.load = recording_load
+        try:
+            start = load_ddp_checkpoint(path, model, optimizer, 1, map_location)
+        finally:
+            torch.load = real_load
+        got = _draws()
+    restore_rng_state(saved["rng_per_rank"][1])
+    want_rank1 = _draws()
+    restore_rng_state(saved["rng_per_rank"][0])
+    want_rank0 = _draws()
+    if load_calls and any(call.get("weights_only") is False for call in load_calls):
+        raise Wrong("You loaded with weights_only=False, which runs any code pickled in the file. Use weights_only=True.")
+    if not locations:
+        raise Wrong(
+            "The map_location you were given was not used: pass it to torch.load(path, map_location=map_location, "
+            "weights_only=True), so each rank loads onto its own device."
+        )
+    loaded = model.state_dict()
+    if not all(torch.equal(loaded[k], saved["model"][k]) for k in saved["model"]):
+        raise Wrong("The model does not hold the checkpoint's weights: model.load_state_dict(checkpoint['model']).")
+    state = optimizer.state_dict()["state"]
+    if not state or not all(
+        torch.equal(state[i]["exp_avg"], saved["optimizer"]["state"][i]["exp_avg"]) for i in saved["optimizer"]["state"]
+    ):
+        raise Wrong(
+            "The optimizer does not hold the checkpoint's state (Adam's moments): "
+            "optimizer.load_state_dict(checkpoint['optimizer'])."
+        )
+    if not model.training:
+        raise Wrong("The model is still in eval mode: call model.train() before training goes on (dropout must be on).")
+    if got == want_rank0:
+        raise Wrong(
+            "You restored rank 0's random state on rank 1. Each rank draws its own dropout masks: "
+            "restore checkpoint['rng_per_rank'][rank]."
+        )
+    if got != want_rank1:
+        raise Wrong(
+            "The random generators are not where rank 1 left them. Restore them last, with "
+            "restore_rng_state(checkpoint['rng_per_rank'][rank]) (nothing that draws random numbers after it)."
+        )
+    if isinstance(start, bool) or not isinstance(start, int):
+        raise Wrong(f"Return the epoch to start training from, as an int; your function returned {start!r}.")
+    if start == saved["epoch"]:
+        raise Wrong(
+            f"You returned {start}, the epoch that already finished: training would repeat it. "
+            "Return checkpoint['epoch'] + 1."
+        )
+    if start != saved["epoch"] + 1:
+        raise Wrong(f"The checkpoint says epoch {saved['epoch']} finished; training goes on at {saved['epoch'] + 1}, not {start}.")
+    return "Weights, optimizer, training mode and this rank's own random state restored; training goes on at the next epoch."
