@@ -550,7 +550,7 @@ def test_each_check_is_fast_and_keeps_the_random_state():
     expected = torch.rand(3)
     torch.manual_seed(123)
     for name, args in answers.items():
-        start = time.perf_counter()
+        start = time.process_time()  # CPU seconds: a busy machine does not inflate them
         assert ex.exercises[name].evaluate(*args).status == CORRECT
-        assert time.perf_counter() - start < 1.0, name
+        assert time.process_time() - start < 1.0, name
     assert torch.equal(torch.rand(3), expected)
