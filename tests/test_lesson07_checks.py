@@ -546,6 +546,8 @@ def test_each_check_is_fast_and_keeps_the_random_state():
         "q5": (save_head, load_head),
     }
     assert set(answers) == set(ex.exercises.names)
+    for name, args in answers.items():  # the first calls pay one-off imports (the optimizers')
+        ex.exercises[name].evaluate(*args)
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
