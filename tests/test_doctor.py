@@ -187,7 +187,7 @@ def test_damaged_files_exit_3_and_say_where(files, tmp_path, damage):
     if damage == "truncate":
         path.write_bytes(data[: len(data) // 2])
     elif damage == "flip":
-        offset = data.index(DigitsMLP().state_dict()["hidden.weight"].numpy().tobytes()[:0] or b"data/0") + 200
+        offset = data.index(source_model().state_dict()["hidden.weight"].numpy().tobytes()[:16]) + 5  # inside a tensor
         path.write_bytes(data[:offset] + bytes([data[offset] ^ 0xFF]) + data[offset + 1:])
     elif damage == "empty":
         path.write_bytes(b"")
@@ -196,6 +196,8 @@ def test_damaged_files_exit_3_and_say_where(files, tmp_path, damage):
     report = doctor.diagnose(path)
     assert report["verdict"] == "damaged" and report["exit_code"] == 3, doctor.format_report(report)
     assert report["integrity"]["ok"] is False
+    if damage == "flip":
+        assert "data/0" in report["integrity"]["problem"] and "CRC-32" in report["integrity"]["problem"]
 
 
 def test_damaged_shards_and_folders(files, tmp_path):
