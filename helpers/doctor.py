@@ -614,7 +614,7 @@ def diagnose(path: str | os.PathLike, model_spec: str | None = None) -> dict:
         report["format"] = "empty file"
         report["integrity"] = {"ok": False, "checked": "size", "problem": "0 bytes"}
         report["verdict"] = "damaged"
-        _finding(report, f"{path.name} is empty (0 bytes): a save was interrupted before it wrote anything.", "eoferror-ran-out-of-input-or-an-empty-message")
+        _finding(report, f"{path.name} is empty (0 bytes): a save was interrupted before it wrote anything.", "eoferror-with-no-message-an-empty-file")
     elif kind == "cut_magic":
         report["format"] = "the first bytes of a checkpoint"
         report["integrity"] = {"ok": False, "checked": "size", "problem": f"truncated after {path.stat().st_size} byte(s)"}
