@@ -1,5 +1,6 @@
 """Lesson 03's checks accept the solutions and reject plausible wrong answers with a reason."""
 
+import os
 import pickle
 import random
 import re
@@ -12,7 +13,7 @@ import torch
 from check_testing import assert_wrong, placeholder
 
 from helpers.checkpointing import capture_rng_state, restore_rng_state
-from helpers.checks import CORRECT, NOT_ATTEMPTED, WRONG
+from helpers.checks import CORRECT, ENVIRONMENT_PROBLEM, NOT_ATTEMPTED, WRONG
 from helpers.exercises import lesson03 as ex
 
 
@@ -39,7 +40,7 @@ def make_checkpoint(model, optimizer, scheduler, train_loader, epoch, step, chan
         "scheduler": scheduler.state_dict(),
         "epoch": epoch,
         "step": step,
-        "rng_state": lesson_rng(),
+        "rng_state": capture_rng_state(),
         "data_generator_state": train_loader.generator.get_state(),
     }
     checkpoint.update(changes)
@@ -59,9 +60,9 @@ def q1_variant(**changes):
     return answer
 
 
-def test_q1_accepts_the_lesson_layout_and_capture_rng_state():
+def test_q1_accepts_capture_rng_state_and_the_hand_written_layout():
     assert ex.q1.evaluate(q1_variant()).status == CORRECT
-    assert ex.q1.evaluate(q1_variant(rng_state=lambda **_: capture_rng_state())).status == CORRECT
+    assert ex.q1.evaluate(q1_variant(rng_state=lambda **_: lesson_rng())).status == CORRECT
 
 
 def test_q1_not_attempted():
@@ -94,7 +95,7 @@ def test_q1_rejects_a_missing_random_stream():
 
 def test_q1_rejects_numpy_state_as_an_array():
     rng = lambda **_: dict(lesson_rng(), numpy=np.random.get_state())
-    assert_wrong(ex.q1.evaluate(q1_variant(rng_state=rng)), "NumPy array", "tolist")
+    assert_wrong(ex.q1.evaluate(q1_variant(rng_state=rng)), "NumPy array", "capture_rng_state()", "as a list")
 
 
 def test_q1_rejects_the_generator_or_its_seed_instead_of_its_state():
@@ -111,6 +112,13 @@ def test_q1_rejects_random_state_captured_after_drawing():
 
     assert_wrong(ex.q1.evaluate(q1_variant(rng_state=drew_first)), "rng_state['torch']", "don't draw")
 
+    def drew_after(**_):
+        state = capture_rng_state()
+        np.random.rand()
+        return state
+
+    assert_wrong(ex.q1.evaluate(q1_variant(rng_state=drew_after)), "NumPy's random generator moved on")
+
     def python_twice(**_):
         state = lesson_rng()
         random.random()
@@ -120,6 +128,30 @@ def test_q1_rejects_random_state_captured_after_drawing():
     assert_wrong(ex.q1.evaluate(q1_variant(rng_state=python_twice)), "rng_state['python']")
 
 
+def test_q1_rejects_state_left_behind():
+    def peeked(train_loader, **_):
+        state = train_loader.generator.get_state()
+        next(iter(train_loader))  # "just to check the loader": draws this epoch's order
+        return state
+
+    assert_wrong(ex.q1.evaluate(q1_variant(data_generator_state=peeked)), "moved the training loader's generator")
+
+    def evaluated(model, **_):
+        model.eval()
+        return model.state_dict()
+
+    assert_wrong(ex.q1.evaluate(q1_variant(model=evaluated)), "eval mode")
+
+
+def test_q1_gives_a_specific_message_for_entries_of_the_wrong_type():
+    weights_as_list = lambda model, **_: list(model.state_dict().values())
+    assert_wrong(ex.q1.evaluate(q1_variant(model=weights_as_list)), "checkpoint['model'] should be a dict", "list")
+    only_state = lambda optimizer, **_: optimizer.state_dict()["state"]
+    assert_wrong(ex.q1.evaluate(q1_variant(optimizer=only_state)), "'state' and 'param_groups'")
+    assert_wrong(ex.q1.evaluate(q1_variant(epoch=lambda epoch, **_: str(epoch))), "should be an int", "str")
+    assert_wrong(ex.q1.evaluate(lambda *args: [1, 2]), "Return a dict, not a list")
+
+
 def test_q1_rejects_wrong_numbers_and_none():
     assert_wrong(ex.q1.evaluate(q1_variant(epoch=lambda epoch, **_: epoch + 1)), "epoch and step")
     assert_wrong(ex.q1.evaluate(lambda *args: None), "returned None")
@@ -127,20 +159,11 @@ def test_q1_rejects_wrong_numbers_and_none():
 
 # ---- q2: resume --------------------------------------------------------------------------------
 
-def restore_lesson_rng(state):
-    random.setstate(state["python"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def resume_variant(skip=(), epoch_shift=0, after=None, before=None):
+def resume_variant(skip=(), epoch_shift=0, after=None, weights_only=True, returns=None):
     def resume(path, model, optimizer, scheduler, train_loader):
-        checkpoint = torch.load(path, weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only)
         if "rng first" in skip:
-            restore_lesson_rng(checkpoint["rng_state"])
+            restore_rng_state(checkpoint["rng_state"])
         model.load_state_dict(checkpoint["model"])
         if "optimizer" not in skip:
             optimizer.load_state_dict(checkpoint["optimizer"])
@@ -152,9 +175,13 @@ def resume_variant(skip=(), epoch_shift=0, after=None, before=None):
         if "generator" not in skip:
             train_loader.generator.set_state(checkpoint["data_generator_state"])
         if "rng" not in skip and "rng first" not in skip:
-            restore_lesson_rng(checkpoint["rng_state"])
+            restore_rng_state(checkpoint["rng_state"])
+        if "train" not in skip:
+            model.train()
         if after is not None:
-            after()
+            after(path)
+        if returns is not None:
+            return returns(checkpoint)
         return checkpoint["epoch"] + epoch_shift
 
     return resume
@@ -174,6 +201,7 @@ def test_q2_not_attempted():
     (("scheduler", "new scheduler"), "scheduler you were given was not restored"),
     ("generator", "data order was not restored"),
     ("rng", "(it was not restored)"),
+    ("train", "still in eval mode"),
 ])
 def test_q2_rejects_a_forgotten_piece(skip, phrase):
     skip = (skip,) if isinstance(skip, str) else skip
@@ -181,7 +209,7 @@ def test_q2_rejects_a_forgotten_piece(skip, phrase):
 
 
 def test_q2_rejects_random_numbers_drawn_after_restoring():
-    verdict = ex.q2.evaluate(resume_variant(after=lambda: torch.nn.Linear(4, 4)))
+    verdict = ex.q2.evaluate(resume_variant(after=lambda path: torch.nn.Linear(4, 4)))
     assert_wrong(verdict, "PyTorch's (CPU) random generator", "restore the random state last")
 
 
@@ -191,16 +219,27 @@ def test_q2_rejects_off_by_one_and_none():
     assert_wrong(ex.q2.evaluate(lambda *args: None), "returned None")
 
 
+def test_q2_rejects_an_unsafe_load_and_a_removed_file():
+    assert_wrong(ex.q2.evaluate(resume_variant(weights_only=False)), "weights_only=False")
+    assert_wrong(ex.q2.evaluate(resume_variant(after=os.remove)), "changed or removed the checkpoint file")
+
+
+def test_q2_gives_a_specific_message_for_a_return_of_the_wrong_type():
+    assert_wrong(ex.q2.evaluate(resume_variant(returns=lambda c: c)), "an int", "dict")
+    assert_wrong(ex.q2.evaluate(resume_variant(returns=lambda c: str(c["epoch"]))), "an int", "str", "'2'")
+    assert_wrong(ex.q2.evaluate(resume_variant(returns=lambda c: (c["epoch"], c["step"]))), "an int", "tuple")
+    assert ex.q2.evaluate(resume_variant(returns=lambda c: torch.tensor(c["epoch"]))).status == CORRECT
+
+
 def test_q2_reports_an_error_raised_by_the_answer():
-    # restore_rng_state expects capture_rng_state's layout, not the lesson's: it raises, and the
-    # check reports that instead of crashing.
-    def with_helper(path, model, optimizer, scheduler, train_loader):
+    # The hand-written layout's restore on capture_rng_state()'s dict raises: wrong, not a crash.
+    def by_hand(path, model, optimizer, scheduler, train_loader):
         checkpoint = torch.load(path, weights_only=True)
         resume_variant(skip=("rng",))(path, model, optimizer, scheduler, train_loader)
-        restore_rng_state(checkpoint["rng_state"])
+        random.setstate(checkpoint["rng_state"]["python"])
         return checkpoint["epoch"]
 
-    assert ex.q2.evaluate(with_helper).status == WRONG
+    assert ex.q2.evaluate(by_hand).status == WRONG
 
 
 # ---- q3: to_delete -----------------------------------------------------------------------------
@@ -255,6 +294,24 @@ def test_q3_rejects_keeping_one_too_few():
                  "newest checkpoints")
 
 
+def test_q3_rejects_changing_the_given_list_and_returning_the_keepers():
+    def sorts_in_place(filenames, keep_last, best):
+        filenames.sort()
+        return to_delete(filenames, keep_last, best)
+
+    assert_wrong(ex.q3.evaluate(sorts_in_place), "changed the list of names")
+
+    def keepers(filenames, keep_last, best):
+        doomed = set(to_delete(filenames, keep_last, best))
+        return [n for n in filenames if re.fullmatch(r"ckpt-step\d+\.pt", n) and n not in doomed]
+
+    assert_wrong(ex.q3.evaluate(keepers), "checkpoints to keep")
+
+
+def test_q3_gives_a_specific_message_for_the_wrong_element_type():
+    assert_wrong(ex.q3.evaluate(lambda *a: [Path(n) for n in to_delete(*a)] or [Path("x")]), "as strings")
+
+
 def test_q3_rejects_none_and_a_string():
     assert_wrong(ex.q3.evaluate(lambda *a: None), "returned None")
     assert_wrong(ex.q3.evaluate(lambda *a: "ckpt-step9.pt"), "list of file names")
@@ -273,10 +330,10 @@ def checkpoints_by_step(folder, pattern=r"ckpt-step(\d+)\.pt", match=re.fullmatc
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def latest_complete(folder, errors=(EOFError, RuntimeError, pickle.UnpicklingError)):
+def latest_complete(folder, errors=(EOFError, RuntimeError, pickle.UnpicklingError), weights_only=True):
     for path in checkpoints_by_step(folder):
         try:
-            torch.load(path, weights_only=True)
+            torch.load(path, weights_only=weights_only)
         except errors:
             continue
         return path
@@ -356,6 +413,23 @@ def test_q4_rejects_returning_only_the_name_or_a_fallback():
     assert_wrong(ex.q4.evaluate(fallback), "return None")
 
 
+def test_q4_rejects_deleting_damaged_files_and_an_unsafe_load():
+    def cleans_up(folder):
+        for path in checkpoints_by_step(folder):
+            if not latest_complete_single(path):
+                path.unlink()
+        return latest_complete(folder)
+
+    assert_wrong(ex.q4.evaluate(cleans_up), "changed the folder", "deleted")
+
+    assert_wrong(ex.q4.evaluate(lambda folder: latest_complete(folder, weights_only=False)), "weights_only=False")
+
+
+def test_q4_gives_a_specific_message_for_a_return_of_the_wrong_type():
+    assert_wrong(ex.q4.evaluate(lambda folder: [latest_complete(folder)]), "a Path or a str", "list")
+    assert_wrong(ex.q4.evaluate(lambda folder: torch.load(latest_complete(folder))), "a Path or a str", "dict")
+
+
 def test_q4_crashed_folder_is_what_the_docstring_says(tmp_path):
     expected = ex.make_crashed_folder(tmp_path / "crashed")
     assert latest_complete(expected.parent) == expected
@@ -374,3 +448,21 @@ def test_checks_leave_the_random_state_alone():
     assert random.getstate() == before[0]
     assert np.array_equal(np.random.get_state()[1], before[1])
     assert torch.equal(torch.get_rng_state(), before[2])
+
+
+# ---- run from outside the course ---------------------------------------------------------------
+
+def test_checks_judge_the_answer_when_run_from_outside_the_course(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a folder with no course in it: the data is found where the helpers are
+    assert ex.q1.evaluate(q1_variant()).status == CORRECT
+    assert ex.q2.evaluate(resume_variant()).status == CORRECT
+    assert_wrong(ex.q2.evaluate(resume_variant(skip=("optimizer",))), "optimizer's state was not restored")
+
+
+def test_a_missing_data_file_is_an_environment_problem(tmp_path, monkeypatch):
+    import helpers.data
+
+    monkeypatch.setattr(helpers.data, "digits_dir", lambda: tmp_path / "no-digits-here")
+    for verdict in (ex.q1.evaluate(q1_variant()), ex.q2.evaluate(resume_variant())):
+        assert verdict.status == ENVIRONMENT_PROBLEM, verdict
+        assert "images.npy is missing" in verdict.message

@@ -8,6 +8,7 @@ resume with the run that was not interrupted, bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers.checkpointing import capture_rng_state
 from helpers.checks import ExerciseSet, Wrong
 from helpers.data import make_loaders
 from helpers.environment import seed_everything
@@ -50,6 +52,36 @@ STREAM_CODE = {
     "torch": "torch.get_rng_state()",
     "cuda": "torch.cuda.get_rng_state_all() when CUDA is available, else []",
 }
+_USE_CAPTURE = " (capture_rng_state() from helpers.checkpointing does all four, as in the recipe)"
+
+
+@contextlib.contextmanager
+def _watch_torch_load():
+    """Record, for every ``torch.load`` call inside, whether it passed ``weights_only=False``."""
+    calls: list[bool] = []
+    original = torch.load
+
+    def load(*args, **kwargs):
+        calls.append(kwargs.get("weights_only") is False)
+        return original(*args, **kwargs)
+
+    torch.load = load
+    try:
+        yield calls
+    finally:
+        torch.load = original
+
+
+_UNSAFE_LOAD = (
+    "You loaded with torch.load(..., weights_only=False). A checkpoint of plain tensors and numbers "
+    "loads with weights_only=True (the default), and weights_only=False would run any code a "
+    "tampered file holds. Leave weights_only=True."
+)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file in ``folder`` (recursively), by relative path, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,28 +136,15 @@ def _same_optimizer_state(a: Mapping, b: Mapping) -> bool:
     )
 
 
-def _numpy_state_as_list() -> list:
-    name, keys, *rest = np.random.get_state()
-    return [name, keys.tolist(), *rest]
-
-
 def lesson_checkpoint(run: _Run, epoch: int) -> dict:
-    """A checkpoint laid out like the lesson's ``train_digits.make_checkpoint``, at the end of an epoch."""
+    """A checkpoint laid out like exercise 1's (the recipe's, plus ``step``), at the end of an epoch."""
     return {
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "epoch": epoch,
-        "batches_done": 0,
         "step": run.steps,
-        "best_metric": 0.0,
-        "config": {"epochs": EPOCHS},
-        "rng_state": {
-            "python": random.getstate(),
-            "numpy": _numpy_state_as_list(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
+        "rng_state": capture_rng_state(),
         "data_generator_state": run.loader.generator.get_state(),
     }
 
@@ -198,9 +217,8 @@ def _roundtrip(obj) -> object:
     "Build a complete training checkpoint",
     hints=[
         "Store state, not objects: model.state_dict(), optimizer.state_dict(), scheduler.state_dict().",
-        "rng_state needs four entries: random.getstate(), NumPy's state with keys.tolist(), "
-        "torch.get_rng_state(), and torch.cuda.get_rng_state_all() (or []) for 'cuda'. "
-        "helpers.checkpointing.capture_rng_state() returns all four.",
+        "rng_state is capture_rng_state(), as in the recipe: Python's, NumPy's, PyTorch's and the CUDA "
+        "generators' states, stored as plain values.",
         "The data order is train_loader.generator.get_state(): a tensor, not the generator itself.",
     ],
 )
@@ -214,7 +232,12 @@ def q1(make_checkpoint: Callable) -> str:
     run.train_epoch()
     expected_rng = _rng_now()
     expected_order = run.loader.generator.get_state()
+    weights_before = run.weights()
     result = make_checkpoint(run.model, run.optimizer, run.scheduler, run.loader, 1, run.steps)
+    moved = _rng_differences(expected_rng)  # what the call left behind
+    order_moved = not torch.equal(run.loader.generator.get_state(), expected_order)
+    mode_changed = not run.model.training
+    weights_changed = not _same_tensors(run.weights(), weights_before)
 
     if result is None:
         raise Wrong("make_checkpoint returned None: return the dict.")
@@ -234,6 +257,17 @@ def q1(make_checkpoint: Callable) -> str:
     if missing:
         raise Wrong(f"The checkpoint has no {missing[0]!r} entry: {WHY[missing[0]]}." + (
             f" (Also missing: {', '.join(repr(m) for m in missing[1:])}.)" if len(missing) > 1 else ""))
+    for key, fix in (("model", "model.state_dict()"), ("optimizer", "optimizer.state_dict()"),
+                     ("scheduler", "scheduler.state_dict()")):
+        if not isinstance(result[key], Mapping):
+            raise Wrong(
+                f"checkpoint['{key}'] should be a dict, {fix}; it is a {type(result[key]).__name__}."
+            )
+    if not {"state", "param_groups"} <= set(result["optimizer"]):
+        raise Wrong("checkpoint['optimizer'] should be optimizer.state_dict(), a dict with 'state' and 'param_groups'.")
+    for key in ("epoch", "step"):
+        if isinstance(result[key], bool) or not isinstance(result[key], (int, np.integer)):
+            raise Wrong(f"checkpoint['{key}'] should be an int (the number you are given); it is a {type(result[key]).__name__}.")
     if result["epoch"] != 1 or result["step"] != run.steps:
         raise Wrong(
             f"epoch and step should be the numbers you are given (1 and {run.steps}); "
@@ -245,8 +279,8 @@ def q1(make_checkpoint: Callable) -> str:
     absent = [stream for stream in RNG_STREAMS if stream not in rng]
     if absent:
         raise Wrong(
-            f"rng_state has no {absent[0]!r} entry: store {STREAM_CODE[absent[0]]}. Every generator the "
-            "training draws from must continue where it was."
+            f"rng_state has no {absent[0]!r} entry: store {STREAM_CODE[absent[0]]}{_USE_CAPTURE}. Every "
+            "generator the training draws from must continue where it was."
         )
     order = result["data_generator_state"]
     if isinstance(order, torch.Generator):
@@ -260,8 +294,8 @@ def q1(make_checkpoint: Callable) -> str:
         if "numpy" in str(error):
             raise Wrong(
                 "torch.load(..., weights_only=True) refuses your checkpoint because it holds a NumPy array: "
-                "np.random.get_state() has one inside. Store its keys as a list (keys.tolist()), "
-                "as in train_digits.make_checkpoint."
+                "np.random.get_state() has one inside. Use capture_rng_state(), as the recipe does: it "
+                "stores that array as a list."
             ) from None
         detail = next((line for line in str(error).splitlines() if "Unsupported global" in line), "")
         raise Wrong(
@@ -271,9 +305,11 @@ def q1(make_checkpoint: Callable) -> str:
     except Exception as error:
         raise Wrong(f"torch.save could not save your checkpoint ({type(error).__name__}: {error}).") from None
 
-    if not _same_tensors(loaded["model"], run.model.state_dict()):
+    if not all(isinstance(v, torch.Tensor) for v in loaded["model"].values()) or not _same_tensors(
+            loaded["model"], run.model.state_dict()):
         raise Wrong("checkpoint['model'] does not hold the model's current weights.")
-    if not _same_optimizer_state(loaded["optimizer"]["state"], run.optimizer.state_dict()["state"]):
+    if not isinstance(loaded["optimizer"]["state"], Mapping) or not _same_optimizer_state(
+            loaded["optimizer"]["state"], run.optimizer.state_dict()["state"]):
         raise Wrong("checkpoint['optimizer'] does not hold the optimizer's current state.")
 
     fresh = _Run(seed=77)  # other weights, other random state
@@ -281,15 +317,30 @@ def q1(make_checkpoint: Callable) -> str:
         _restore_rng(loaded["rng_state"])
     except Exception as error:
         raise Wrong(
-            f"Restoring your rng_state failed ({type(error).__name__}: {error}). Store the states as "
-            "train_digits.make_checkpoint does, or use helpers.checkpointing.capture_rng_state()."
+            f"Restoring your rng_state failed ({type(error).__name__}: {error}). Store "
+            "capture_rng_state(), as the recipe does."
         ) from None
     differ = _rng_differences(expected_rng)
     if differ:
         raise Wrong(
             f"rng_state[{differ[0]!r}] is not the generator's state at the moment of the checkpoint: "
-            f"store {STREAM_CODE[differ[0]]}, and don't draw random numbers before capturing it."
+            f"store {STREAM_CODE[differ[0]]}{_USE_CAPTURE}, and don't draw random numbers before capturing it."
         )
+    if moved:
+        raise Wrong(
+            f"Your function left {GENERATOR_NAME[moved[0]]} random generator moved on: it drew random numbers "
+            "after capturing the state. The run that goes on after saving then differs from one resumed "
+            "from the checkpoint. Capture the state and draw nothing."
+        )
+    if order_moved:
+        raise Wrong(
+            "Your function moved the training loader's generator (iterating over train_loader draws from it): "
+            "the next epoch would shuffle differently from a resumed one. Only read its state: get_state()."
+        )
+    if mode_changed:
+        raise Wrong("Your function left the model in eval mode: leave the model as it was (call nothing but state_dict()).")
+    if weights_changed:
+        raise Wrong("Your function changed the model's weights: a checkpoint only reads the state.")
     _restore(fresh, loaded)
     fresh.train_epoch()
     if not _same_tensors(fresh.weights(), straight.weights()):
@@ -308,12 +359,13 @@ def q1(make_checkpoint: Callable) -> str:
         "Load with torch.load(path, weights_only=True), then call load_state_dict on the model, the "
         "optimizer and the scheduler you are given.",
         "The data order: train_loader.generator.set_state(...). The random generators: "
-        "train_digits.restore_rng(checkpoint['rng_state']), last.",
-        "checkpoint['epoch'] counts the finished epochs, which is also the index of the next one.",
+        "restore_rng_state(checkpoint['rng_state']), last.",
+        "model.train() before you return: loading does not change the mode. checkpoint['epoch'] counts "
+        "the finished epochs, which is also the index of the next one.",
     ],
 )
 def q2(resume: Callable) -> str:
-    """``resume(path, model, optimizer, scheduler, train_loader)`` restores everything; returns the next epoch."""
+    """``resume_run(path, model, optimizer, scheduler, train_loader)`` restores everything; returns the next epoch."""
     straight = _Run(seed=41)
     for _ in range(EPOCHS):
         straight.train_epoch()
@@ -325,9 +377,16 @@ def q2(resume: Callable) -> str:
         path = Path(folder) / "checkpoint.pt"
         torch.save(lesson_checkpoint(run, epoch=2), path)
         saved = torch.load(path, weights_only=True)
+        file_before = path.read_bytes()
         fresh = _Run(seed=78)
+        fresh.model.eval()  # "just evaluated", as the task says
         rng_before = _rng_now()
-        start = resume(path, fresh.model, fresh.optimizer, fresh.scheduler, fresh.loader)
+        with _watch_torch_load() as unsafe:
+            start = resume(path, fresh.model, fresh.optimizer, fresh.scheduler, fresh.loader)
+        if not path.is_file() or path.read_bytes() != file_before:
+            raise Wrong("Your function changed or removed the checkpoint file: resuming only reads it.")
+    if any(unsafe):
+        raise Wrong(_UNSAFE_LOAD)
     if start is None:
         raise Wrong("resume returned None: return the epoch to continue from (checkpoint['epoch']).")
 
@@ -348,10 +407,11 @@ def q2(resume: Callable) -> str:
             "The data order was not restored: the next epoch would shuffle differently. "
             "train_loader.generator.set_state(checkpoint['data_generator_state'])."
         )
+    py, npy = saved["rng_state"]["python"], saved["rng_state"]["numpy"]
     expected = {
-        "python": (saved["rng_state"]["python"][0], tuple(saved["rng_state"]["python"][1]), saved["rng_state"]["python"][2]),
-        "numpy": (saved["rng_state"]["numpy"][0], np.asarray(saved["rng_state"]["numpy"][1], dtype=np.uint32),
-                  *saved["rng_state"]["numpy"][2:]),
+        "python": (py["version"], tuple(py["state"]), py["gauss_next"]),
+        "numpy": (npy["bit_generator"], np.asarray(npy["state"], dtype=np.uint32), npy["pos"], npy["has_gauss"],
+                  npy["cached_gaussian"]),
         "torch": saved["rng_state"]["torch"],
         "cuda": saved["rng_state"]["cuda"],
     }
@@ -362,12 +422,22 @@ def q2(resume: Callable) -> str:
             f"{GENERATOR_NAME[differ[0]]} random generator is not at the checkpoint's state"
             + (" (it was not restored)" if differ[0] not in changed else
                " (restored, then moved on by something that drew random numbers: restore the random state last)")
-            + ". Use train_digits.restore_rng(checkpoint['rng_state']) as the last step."
+            + ". Use restore_rng_state(checkpoint['rng_state']) as the last step."
         )
-    try:
-        start = int(start)
-    except (TypeError, ValueError):
-        raise Wrong(f"Return the epoch to continue from, an int; you returned a {type(start).__name__}.") from None
+    if not fresh.model.training:
+        raise Wrong(
+            "The model is still in eval mode: load_state_dict does not change the mode, so training would "
+            "go on without dropout. Call model.train() before you return."
+        )
+    if isinstance(start, torch.Tensor) and start.numel() == 1 and not start.is_floating_point():
+        start = start.item()
+    if isinstance(start, bool) or not isinstance(start, (int, np.integer)):
+        raise Wrong(
+            f"Return the epoch to continue from, an int (checkpoint['epoch']); you returned a {type(start).__name__}"
+            + (f" ({start!r})" if isinstance(start, (str, float)) else "")
+            + ", which range(start, epochs) can't use."
+        )
+    start = int(start)
     if start != 2:
         if start == 3:
             raise Wrong(
@@ -422,7 +492,13 @@ def expected_deletions(names: list[str], keep_last: int, best: str | None) -> se
 def q3(to_delete: Callable) -> str:
     """``to_delete(filenames, keep_last, best)`` returns the names to delete."""
     for names, keep_last, best in _Q3_CASES:
-        answer = to_delete(list(names), keep_last, best)
+        given_names = list(names)
+        answer = to_delete(given_names, keep_last, best)
+        if given_names != list(names):
+            raise Wrong(
+                "Your function changed the list of names it was given (sorted it or removed items in place). "
+                "Return a new list and leave the caller's list alone: sorted(...) instead of .sort()."
+            )
         if answer is None:
             raise Wrong("to_delete returned None: return a list of the names to delete (empty if none).")
         if isinstance(answer, (str, bytes)) or not isinstance(answer, Iterable):
@@ -436,6 +512,8 @@ def q3(to_delete: Callable) -> str:
             continue
         steps = _steps(names)
         case = f"(folder {sorted(names)}, keep_last={keep_last}, best={best!r})"
+        if given and given == set(steps) - expected:
+            raise Wrong(f"You returned the checkpoints to keep; return the ones to delete. {case}")
         foreign = sorted(given - set(steps))
         if foreign:
             raise Wrong(
@@ -511,8 +589,10 @@ def q4(latest_complete: Callable) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         expected = make_crashed_folder(tmp / "crashed")
+        before = _snapshot(expected.parent)
         try:
-            answer = latest_complete(expected.parent)
+            with _watch_torch_load() as unsafe:
+                answer = latest_complete(expected.parent)
         except NotImplementedError:  # the placeholder (a RuntimeError too): not attempted
             raise
         except EOFError:
@@ -525,6 +605,18 @@ def q4(latest_complete: Callable) -> str:
                 f"Your function raised RuntimeError ({str(error).splitlines()[0][:80]}): a truncated file does "
                 "that. Catch it and try the next checkpoint."
             ) from None
+        after = _snapshot(expected.parent)
+        if after != before:
+            gone = sorted(set(before) - set(after))
+            changed = sorted(name for name in set(before) & set(after) if before[name] != after[name])
+            raise Wrong(
+                "Your function changed the folder ("
+                + (f"deleted {', '.join(gone)}" if gone else f"changed {', '.join(changed) or 'its files'}")
+                + "). Finding the latest checkpoint must only read: a damaged file is evidence of a crash, "
+                "and deleting is the rotation's job."
+            )
+        if any(unsafe):
+            raise Wrong(_UNSAFE_LOAD)
         if answer is None:
             raise Wrong(f"You returned None, but {expected.name} is complete.")
         if not isinstance(answer, (str, os.PathLike)):
