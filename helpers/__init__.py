@@ -8,8 +8,14 @@ repeat earlier ones. Modules:
 - ``helpers.data``         the offline UCI digits data set, splits and DataLoaders
 - ``helpers.models``       the small models the lessons share
 - ``helpers.training``     a plain training step, epoch and evaluation
-- ``helpers.checkpointing`` crash-safe saves, friendly load errors, RNG capture, exact resume,
-  and a manager that rotates checkpoints (lesson 03)
+- ``helpers.checkpointing`` crash-safe saves, RNG capture, exact resume, and a manager that
+  rotates checkpoints (lesson 03)
+- ``helpers.checkpoint_files`` reading and diagnosing checkpoint files: formats, CRC-32 of every
+  record, truncation, safetensors and sharded files, friendly load errors
+- ``helpers.doctor``       the checkpoint doctor: ``python -m helpers.doctor PATH`` says what a file
+  holds, whether it is whole, and prints the code that loads it (lesson 04, TROUBLESHOOTING.md)
+- ``helpers.resume_demo``  lesson 03's demo machinery: the run it interrupts and resumes, a
+  fresh-process resume, a process killed with SIGKILL in the middle of a save
 - ``helpers.state_dicts``  load weights saved from DataParallel, DDP, ``torch.compile`` or nested
   checkpoints into a plain model (lesson 04)
 - ``helpers.measure``      activation memory (``saved_tensors_hooks``), timing done right on CPU
@@ -23,6 +29,7 @@ repeat earlier ones. Modules:
 - ``helpers.exercises``    one module of checks per lesson
 - ``helpers.generate``     the generator: ``solutions/`` -> ``notebooks/`` (``make notebooks``)
 - ``helpers.grade``        the grader: ``python -m helpers.grade SUBMISSION.ipynb`` (see INSTRUCTORS.md)
+- ``helpers.grade_recheck`` what the grader runs in a submission's kernel to re-check its answers
 """
 
 __version__ = "0.1.0"
