@@ -283,12 +283,33 @@ def test_q3_accepts_the_solution_with_and_without_mmap():
     assert ex.q3.evaluate(without_mmap).status == CORRECT
 
 
-def test_q3_not_attempted():
+def test_q3_not_attempted_is_the_placeholder_only():
     def does_nothing(checkpoint_path, out_path):
         pass
 
+    def fixed_name(checkpoint_path, out_path):
+        save_file(torch.load(checkpoint_path, weights_only=True)["model"], Path(out_path).parent / "weights.safetensors")
+
     assert ex.q3.evaluate(placeholder).status == NOT_ATTEMPTED
-    assert ex.q3.evaluate(does_nothing).status == NOT_ATTEMPTED
+    assert_wrong(ex.q3.evaluate(does_nothing), "wrote no file at out_path")
+    assert_wrong(ex.q3.evaluate(fixed_name), "wrote no file at out_path", "weights.safetensors instead")
+
+
+def test_q3_rejects_a_folder_at_out_path():
+    def save_pretrained_style(checkpoint_path, out_path):
+        Path(out_path).mkdir()
+        save_file(torch.load(checkpoint_path, weights_only=True)["model"], Path(out_path) / "model.safetensors")
+
+    assert_wrong(ex.q3.evaluate(save_pretrained_style), "out_path is a folder", "one file")
+
+
+def test_q3_rejects_changing_the_training_checkpoint():
+    def strips_the_checkpoint_in_place(checkpoint_path, out_path):
+        checkpoint = torch.load(checkpoint_path, weights_only=True)
+        save_file(checkpoint["model"], out_path)
+        torch.save({"model": checkpoint["model"]}, checkpoint_path)  # "to save space"
+
+    assert_wrong(ex.q3.evaluate(strips_the_checkpoint_in_place), "changed the training checkpoint")
 
 
 def test_q3_rejects_other_formats():
@@ -346,3 +367,51 @@ def test_q3_rejects_changed_values():
 
     assert_wrong(ex.q3.evaluate(zeros), "0.weight differs from the checkpoint's")
     assert_wrong(ex.q3.evaluate(fresh_model), "differs from the checkpoint's")
+
+
+# ---- what the answers leave behind, and answers of the wrong type ----------------------------------
+
+def test_q1_rejects_a_default_device_left_on_meta():
+    def set_default(build_model, path):
+        torch.set_default_device("meta")  # instead of the with-block, and never put back
+        model = build_model()
+        model.load_state_dict(torch.load(path, mmap=True, weights_only=True), assign=True)
+        return model
+
+    assert_wrong(ex.q1.evaluate(set_default), "default device", "with torch.device('meta')")
+    assert torch.empty(0).device.type == "cpu"  # the check put it back
+
+
+def test_q1_rejects_mmap_switched_on_for_the_whole_process():
+    from torch.utils.serialization import config
+
+    def process_wide_mmap(build_model, path):
+        config.load.mmap = True
+        with torch.device("meta"):
+            model = build_model()
+        model.load_state_dict(torch.load(path, weights_only=True), assign=True)
+        return model
+
+    assert_wrong(ex.q1.evaluate(process_wide_mmap), "every later torch.load", "mmap=True to this one")
+    assert config.load.mmap is False  # the check put it back
+
+
+def test_q1_rejects_a_tuple_with_a_specific_message():
+    def model_and_state(build_model, path):
+        model = load_lean(build_model, path)
+        return model, model.state_dict()
+
+    assert_wrong(ex.q1.evaluate(model_and_state), "Return the model (an nn.Module), not a tuple")
+
+
+def test_q2_rejects_cleaning_up_the_folder():
+    import shutil
+
+    def deletes_unfinished(folder):
+        for p in Path(folder).iterdir():
+            if p.is_dir() and STEP.fullmatch(p.name) and not (p / ".metadata").exists():
+                shutil.rmtree(p)
+        return latest_complete(folder)
+
+    assert_wrong(ex.q2.evaluate(deletes_unfinished), "changed the folder", "removed step-11", "only look")
+

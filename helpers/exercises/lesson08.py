@@ -3,12 +3,15 @@
 - q1: load a checkpoint without a second copy (model on ``meta``, ``torch.load(mmap=True)``,
   ``load_state_dict(assign=True)``). The check builds its own checkpoint and asks where each
   loaded tensor lives: in memory mapped from the file (``/proc/self/maps`` on Linux), or in an
-  ordinary allocation (a copy).
+  ordinary allocation (a copy). It also checks the value returned (the model, every entry equal
+  to the file's) and what is left behind (the default device, and mmap switched on for the
+  whole process, must be as before).
 - q2: find the newest *complete* sharded checkpoint (``torch.distributed.checkpoint`` writes
   ``.metadata`` last). The check builds folders in a temporary directory: numbered past 9, one
-  unfinished, one touched last.
+  unfinished, one touched last; the function must return a path inside the folder (or None) and
+  leave the folder as it was.
 - q3: keep the weights forever: from a full training checkpoint, write only the model's weights
-  as safetensors.
+  as safetensors, at ``out_path`` and nowhere else, leaving the checkpoint unchanged.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from helpers.checks import ExerciseSet, NotAttempted, Wrong
+from helpers.checks import ExerciseSet, Wrong
 
 exercises = ExerciseSet("08_large_checkpoints")
 
@@ -59,6 +62,32 @@ def _file_mappings(path: Path) -> list[tuple[int, int]] | None:
     return ranges
 
 
+def _mmap_by_default() -> bool:
+    """Whether ``torch.load`` memory-maps without being asked (a process-wide setting).
+
+    ``torch.utils.serialization.config.load.mmap``; on a torch without that module it is ``False``.
+    """
+    try:
+        from torch.utils.serialization import config
+    except ImportError:  # an older torch: no process-wide setting to look at
+        return False
+    return bool(config.load.mmap)
+
+
+def _restore_defaults(mmap_default: bool) -> None:
+    """Put back what a wrong answer may have changed for the whole process."""
+    if torch.empty(0).device.type != "cpu":
+        try:
+            torch.set_default_device(None)
+        except (TypeError, RuntimeError):  # a torch that wants a device here
+            torch.set_default_device("cpu")
+    try:
+        from torch.utils.serialization import config
+    except ImportError:
+        return
+    config.load.mmap = mmap_default
+
+
 def _short(names: list[str], limit: int = 3) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
@@ -92,16 +121,31 @@ def q1(load_lean: Callable[[Callable[[], nn.Module], Path], nn.Module]) -> str:
         original_load = torch.load
 
         def spying_load(*args, **kwargs):  # notes whether torch.load was asked to memory-map
-            from torch.utils.serialization import config
-
-            mmap_requested.append(bool(kwargs.get("mmap")) or bool(config.load.mmap))
+            mmap_requested.append(bool(kwargs.get("mmap")) or _mmap_by_default())
             return original_load(*args, **kwargs)
 
+        mmap_default_before = _mmap_by_default()
         torch.load = spying_load
         try:
             model = load_lean(build_model, path)
         finally:
             torch.load = original_load
+            device_after = torch.empty(0).device.type
+            mmap_default_after = _mmap_by_default()
+            _restore_defaults(mmap_default_before)
+        if device_after != "cpu":
+            raise Wrong(
+                f"After your function, new tensors are created on '{device_after}': the default device was "
+                "changed for the whole program (torch.set_default_device?) and never put back. Use "
+                "`with torch.device('meta'):` around build_model() only; it restores the default when the "
+                "block ends."
+            )
+        if mmap_default_after and not mmap_default_before:
+            raise Wrong(
+                "Your function switched memory-mapping on for every later torch.load in this program "
+                "(torch.utils.serialization.config.load.mmap) and left it on. Pass mmap=True to this one "
+                "torch.load call instead."
+            )
         if model is None:
             raise Wrong("Your function returned None: return the model.")
         if isinstance(model, dict):
@@ -177,6 +221,11 @@ def _scenario(folder: Path, layout: list[tuple[str, bool, float]]) -> None:
     (folder / "notes" / ".metadata").write_text("not a checkpoint either")
 
 
+def _listing_of(folder: Path) -> set[str]:
+    """Every file and folder below ``folder``, as relative paths."""
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
 def _name_of(answer, folder: Path) -> str | None:
     if answer is None:
         return None
@@ -219,7 +268,18 @@ def q2(latest_complete: Callable[[Path], Path | None]) -> str:
         with tempfile.TemporaryDirectory(prefix="lesson08-q2-") as tmp:
             folder = Path(tmp)
             _scenario(folder, layout)
-            got = _name_of(latest_complete(folder), folder)
+            before = _listing_of(folder)
+            answer = latest_complete(folder)
+            after = _listing_of(folder)
+            if after != before:
+                gone, new = sorted(before - after), sorted(after - before)
+                raise Wrong(
+                    "latest_complete changed the folder (" + ", ".join(
+                        [f"removed {_short(gone)}"] * bool(gone) + [f"added {_short(new)}"] * bool(new))
+                    + "). It must only look: an unfinished save may still be being written, and deleting "
+                    "checkpoints is the rotation's job."
+                )
+            got = _name_of(answer, folder)
         listing = ", ".join(f"{name}{'' if complete else ' (no .metadata)'}" for name, complete, _ in layout)
         if got == expected:
             continue
@@ -286,9 +346,25 @@ def q3(export_weights: Callable[[Path, Path], object]) -> str:
         source = Path(folder) / "checkpoint-step000001.pt"
         checkpoint = _training_checkpoint(source)
         out = Path(folder) / "final-weights.safetensors"
+        source_bytes = source.read_bytes()
         export_weights(source, out)
+        if source.read_bytes() != source_bytes:
+            raise Wrong(
+                "Your function changed the training checkpoint at checkpoint_path. Leave it as it is (you may "
+                "still resume from it): write the weights to out_path only."
+            )
+        if out.is_dir():
+            raise Wrong(
+                "out_path is a folder now: write one file there, safetensors.torch.save_file(weights, out_path) "
+                "(not a folder like save_pretrained makes)."
+            )
         if not out.exists():
-            raise NotAttempted("export_weights wrote no file at out_path. Write it with safetensors.torch.save_file(..., out_path).")
+            others = sorted(p.name for p in Path(folder).iterdir() if p != source)
+            where = f" (it wrote {_short(others)} instead)" if others else ""
+            raise Wrong(
+                f"export_weights wrote no file at out_path{where}. Write the weights to exactly that path: "
+                "safetensors.torch.save_file(weights, out_path)."
+            )
         head = out.read_bytes()[:4]
         try:
             weights = load_file(str(out))
