@@ -9,6 +9,7 @@
 - :func:`cuda_peak_memory`: the peak GPU memory allocated while a function runs
   (``torch.cuda.reset_peak_memory_stats`` / ``torch.cuda.max_memory_allocated``); refuses, with
   a clear message, when there is no CUDA GPU.
+- :func:`cuda_bf16_native`: whether the GPU runs bfloat16 natively, not only emulated.
 - :func:`training_step_benchmark`: one row of a float32 / bfloat16 / float16 comparison (step
   time, activation memory, and peak GPU memory on a GPU), used by lesson 05 and by
   ``scripts/benchmark_mixed_precision_gpu.py``.
@@ -214,6 +215,22 @@ def cuda_peak_memory(fn: Callable[[], Any], device: torch.device | str = "cuda")
     del result
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device)
+
+
+def cuda_bf16_native() -> bool:
+    """True when the current CUDA GPU runs bfloat16 natively (Ampere and newer, or ROCm).
+
+    ``torch.cuda.is_bf16_supported()`` on its own also returns True where bfloat16 is only
+    *emulated* (for example a T4 or a V100): tensors can be made, but without fast bfloat16 math.
+    This asks for native support with ``including_emulation=False``; on a PyTorch without that
+    argument it falls back to the compute capability (8 or more). False without a CUDA GPU.
+    """
+    if not torch.cuda.is_available():
+        return False
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # a PyTorch without the argument
+        return bool(torch.version.hip) or torch.cuda.get_device_capability()[0] >= 8
 
 
 def mib(n_bytes: int | float) -> float:

@@ -26,7 +26,7 @@ from torch import nn  # noqa: E402
 
 from helpers.environment import DeviceUnavailableError  # noqa: E402
 from helpers.gpu_reference import reference_table, write_reference  # noqa: E402
-from helpers.measure import PRECISIONS, training_step_benchmark  # noqa: E402
+from helpers.measure import PRECISIONS, cuda_bf16_native, training_step_benchmark  # noqa: E402
 from helpers.models import DigitsCNN, DigitsMLP  # noqa: E402
 
 NAME = "mixed_precision"
@@ -102,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     notes = ("step_ms: median of one SGD training step after warm-up; peak_mib: "
              "torch.cuda.max_memory_allocated during one step (model, gradients, batch included); "
              "activations_mib: tensors saved for backward (helpers.measure.saved_tensor_bytes).")
-    if not torch.cuda.is_bf16_supported():
+    if not cuda_bf16_native():
         precisions = tuple(p for p in PRECISIONS if p != "bfloat16")
-        notes += " This GPU does not support bfloat16, so it has no bfloat16 rows."
+        notes += " This GPU has no native bfloat16 (is_bf16_supported(including_emulation=False) is False), so it has no bfloat16 rows."
     rows = measure_rows("cuda", precisions=precisions, warmup=args.warmup, repeats=args.repeats)
     path = write_reference(NAME, rows, script=SCRIPT, notes=notes)
     print(reference_table(NAME, SCRIPT))

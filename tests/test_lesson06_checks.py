@@ -23,21 +23,49 @@ def train_step(model, optimizer, micro_batches, loss_fn):
     optimizer.zero_grad()
 
 
-def test_q1_accepts_the_solution_and_zeroing_first():
+def test_q1_accepts_the_solution_and_zeroing_both_ends():
     assert ex.q1.evaluate(train_step).status == CORRECT
 
+    def zero_both(model, optimizer, micro_batches, loss_fn):
+        optimizer.zero_grad(set_to_none=True)
+        for x, y in micro_batches:
+            (loss_fn(model(x), y) / len(micro_batches)).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    assert ex.q1.evaluate(zero_both).status == CORRECT
+
+
+def test_q1_rejects_leaving_the_gradients_behind():
+    # Zeroing only at the start gives the right step, but the task says "leave the gradients zeroed".
     def zero_first(model, optimizer, micro_batches, loss_fn):
         optimizer.zero_grad(set_to_none=True)
         for x, y in micro_batches:
             (loss_fn(model(x), y) / len(micro_batches)).backward()
         optimizer.step()
 
-    assert ex.q1.evaluate(zero_first).status == CORRECT
+    assert_wrong(ex.q1.evaluate(zero_first), "gradients are not zero", "zero_grad")
 
 
-def test_q1_not_attempted():
+def test_q1_rejects_adding_up_the_losses_and_one_backward():
+    def sum_then_backward(model, optimizer, micro_batches, loss_fn):
+        total = sum(loss_fn(model(x), y) / len(micro_batches) for x, y in micro_batches)
+        total.backward()                        # same gradient, but all four graphs held at once
+        optimizer.step()
+        optimizer.zero_grad()
+
+    assert_wrong(ex.q1.evaluate(sum_then_backward), "adding up the losses", "no saving")
+
+
+def test_q1_not_attempted_and_doing_nothing():
     assert ex.q1.evaluate(placeholder).status == NOT_ATTEMPTED
-    assert ex.q1.evaluate(does_nothing).status == NOT_ATTEMPTED
+    assert ex.q1.evaluate(...).status == NOT_ATTEMPTED
+    assert_wrong(ex.q1.evaluate(does_nothing), "did nothing")
+
+
+def test_q1_rejects_answers_of_the_wrong_shape():
+    assert_wrong(ex.q1.evaluate(42), "should be your function", "int")
+    assert_wrong(ex.q1.evaluate(lambda model, optimizer: None), "should take (model, optimizer, micro_batches, loss_fn)")
     assert ex.q1.evaluate(...).status == NOT_ATTEMPTED
 
 
@@ -88,7 +116,7 @@ def test_q1_rejects_never_zeroing():
             (loss_fn(model(x), y) / len(micro_batches)).backward()
         optimizer.step()
 
-    assert_wrong(ex.q1.evaluate(never_zero), "first call's gradients", "zero_grad")
+    assert_wrong(ex.q1.evaluate(never_zero), "gradients are not zero", "zero_grad")
 
 
 def test_q1_rejects_an_off_by_one_step_condition():
@@ -152,9 +180,29 @@ def test_q2_accepts_both_normalisations():
     assert ex.q2.evaluate(accumulate_by_weight).status == CORRECT
 
 
-def test_q2_not_attempted():
+def test_q2_not_attempted_and_doing_nothing():
     assert ex.q2.evaluate(placeholder).status == NOT_ATTEMPTED
-    assert ex.q2.evaluate(does_nothing).status == NOT_ATTEMPTED
+    assert_wrong(ex.q2.evaluate(does_nothing), "did nothing")
+
+
+def test_q2_rejects_one_backward_for_all_and_stepping():
+    def sum_then_backward(model, micro_batches):
+        total = sum(len(y) for _, y in micro_batches)
+        loss_fn = nn.CrossEntropyLoss(reduction="sum")
+        sum(loss_fn(model(x), y) / total for x, y in micro_batches).backward()
+
+    assert_wrong(ex.q2.evaluate(sum_then_backward), "adding up the losses")
+
+    def steps_too(model, micro_batches):
+        accumulate_by_sum(model, micro_batches)
+        torch.optim.SGD(model.parameters(), lr=0.1).step()
+
+    assert_wrong(ex.q2.evaluate(steps_too), "changed the weights", "don't step")
+
+
+def test_q2_rejects_answers_of_the_wrong_shape():
+    assert_wrong(ex.q2.evaluate("accumulate"), "should be your function", "str")
+    assert_wrong(ex.q2.evaluate(lambda model: None), "should take (model, micro_batches)")
 
 
 def test_q2_rejects_dividing_by_the_number_of_micro_batches():
@@ -230,6 +278,12 @@ def test_q3_not_attempted():
     assert ex.q3.evaluate(placeholder).status == NOT_ATTEMPTED
 
 
+def test_q3_rejects_answers_of_the_wrong_type_or_shape():
+    assert_wrong(ex.q3.evaluate(lambda i, n, k: "yes"), "return True or False", "str")
+    assert_wrong(ex.q3.evaluate(lambda i, n, k: int((i + 1) % k == 0 or i + 1 == n)), "return True or False", "int")
+    assert_wrong(ex.q3.evaluate(lambda i, n: True), "should take (batch_index, num_batches, accumulation_steps)")
+
+
 def test_q3_rejects_the_off_by_one():
     assert_wrong(ex.q3.evaluate(lambda i, n, k: i % k == 0), "after batches [0, 4, 8]", "(batch_index + 1)")
     assert_wrong(ex.q3.evaluate(lambda i, n, k: i % k == 0 or i + 1 == n), "[0, 4, 8, 9]")
@@ -253,7 +307,7 @@ def test_q3_rejects_stepping_every_batch_and_other_mistakes():
 def amp_train_step(model, optimizer, scaler, micro_batches, loss_fn, max_norm):
     n = len(micro_batches)
     for x, y in micro_batches:
-        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        with torch.autocast(device_type="cpu", dtype=torch.float16):
             loss = loss_fn(model(x), y) / n
         scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
@@ -263,17 +317,20 @@ def amp_train_step(model, optimizer, scaler, micro_batches, loss_fn, max_norm):
     optimizer.zero_grad()
 
 
-def amp_variant(*, divide=True, autocast=True, scale=True, unscale_first=True, clip=True,
+def amp_variant(*, dtype=torch.float16, backward_inside=False, divide=True, autocast=True, scale=True, unscale_first=True, clip=True,
                 per_micro_batch=(), direct_step=False, zero=True):
     """amp_train_step with one mistake switched on; per_micro_batch names calls moved into the loop."""
 
     def step_fn(model, optimizer, scaler, micro_batches, loss_fn, max_norm):
         n = len(micro_batches)
         for x, y in micro_batches:
-            context = torch.autocast(device_type="cpu", dtype=torch.bfloat16) if autocast else torch.enable_grad()
+            context = torch.autocast(device_type="cpu", dtype=dtype) if autocast else torch.enable_grad()
             with context:
                 loss = loss_fn(model(x), y) / (n if divide else 1)
-            (scaler.scale(loss) if scale else loss).backward()
+                if backward_inside:
+                    (scaler.scale(loss) if scale else loss).backward()
+            if not backward_inside:
+                (scaler.scale(loss) if scale else loss).backward()
             if "unscale_" in per_micro_batch:
                 scaler.unscale_(optimizer)
             if "step" in per_micro_batch:
@@ -304,9 +361,24 @@ def test_q4_accepts_the_solution():
     assert ex.q4.evaluate(amp_variant()).status == CORRECT
 
 
-def test_q4_not_attempted():
+def test_q4_not_attempted_and_doing_nothing():
     assert ex.q4.evaluate(placeholder).status == NOT_ATTEMPTED
-    assert ex.q4.evaluate(does_nothing).status == NOT_ATTEMPTED
+    assert_wrong(ex.q4.evaluate(does_nothing), "did nothing")
+
+
+def test_q4_rejects_bfloat16_by_its_dtype():
+    # The check looks at the autocast dtype itself, not at a gradient that lands 1 % off.
+    assert_wrong(ex.q4.evaluate(amp_variant(dtype=torch.bfloat16)), "torch.bfloat16, not torch.float16", "dtype")
+
+
+def test_q4_rejects_backward_inside_autocast():
+    assert_wrong(ex.q4.evaluate(amp_variant(backward_inside=True)), "backward() ran inside the autocast block")
+
+
+def test_q4_rejects_answers_of_the_wrong_shape():
+    assert_wrong(ex.q4.evaluate(None), "should be your function", "NoneType")
+    assert_wrong(ex.q4.evaluate(lambda model, optimizer, scaler, micro_batches: None),
+                 "should take (model, optimizer, scaler, micro_batches, loss_fn, max_norm)")
 
 
 def test_q4_rejects_wrong_normalisation_and_missing_autocast():
@@ -328,7 +400,7 @@ def test_q4_rejects_clipping_mistakes():
 
 
 def test_q4_rejects_never_zeroing():
-    assert_wrong(ex.q4.evaluate(amp_variant(zero=False)), "first step's gradients")
+    assert_wrong(ex.q4.evaluate(amp_variant(zero=False)), "gradients are not zero")
 
 
 def test_checks_leave_the_global_rng_alone():

@@ -170,3 +170,24 @@ def test_by_dtype_splits_the_same_total():
     assert parts[torch.int64] >= 32 * 8 * 4 * 4 * 8  # max-pool indices stay int64
     with pytest.raises(TypeError):
         saved_tensor_bytes_by_dtype(None)
+
+
+def test_cuda_bf16_native_asks_for_native_support(monkeypatch):
+    from helpers import measure
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert measure.cuda_bf16_native() is False
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **kw: calls.append(kw) or False)
+    assert measure.cuda_bf16_native() is False and calls == [{"including_emulation": False}]
+
+    def old_signature():  # a PyTorch without the argument: fall back to the compute capability
+        return True
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", old_signature)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda: (7, 5))
+    assert measure.cuda_bf16_native() is False
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda: (8, 0))
+    assert measure.cuda_bf16_native() is True

@@ -52,6 +52,7 @@ class _RecordingScaler(torch.amp.GradScaler):
         self._parameters = list(parameters)
         self.calls: list[tuple[str, float]] = []
         self.stale_grads_at_backward = False
+        self.autocast_during_backward = False
         self._inside_step = False
 
     def scale(self, outputs):
@@ -63,6 +64,9 @@ class _RecordingScaler(torch.amp.GradScaler):
         return scaled
 
     def _note_stale_grads(self, grad):
+        # On the CPU, backward runs on the caller's thread: this sees whether it was called inside autocast.
+        if torch.is_autocast_enabled("cpu"):
+            self.autocast_during_backward = True
         if any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in self._parameters):
             self.stale_grads_at_backward = True
         return grad
@@ -215,6 +219,12 @@ def q1(amp_step: Callable) -> str:
                 f"The gradients reached scaler.step with norm {at_step:.3g} > max_norm={Q1_MAX_NORM}: "
                 "clip them with torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm) after unscale_."
             )
+    if scaler.autocast_during_backward:
+        raise Wrong(
+            "backward() ran inside the autocast block: end the `with torch.autocast(...)` block after the loss, "
+            "then call scaler.scale(loss).backward() outside it. Each op's backward already uses the dtype "
+            "its forward used."
+        )
     if scaler.stale_grads_at_backward:
         raise Wrong(
             "The second step still had the first step's gradients when it started backward: call "
@@ -404,9 +414,17 @@ def _q4_cases() -> list[tuple[str, Callable[[], torch.Tensor]]]:
         with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
             return layer(x).relu().sum()
 
+    mlp = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    few = torch.rand(4, 64)
+
+    def three_layers():
+        # nn.Linear saves weight.t() here: a view of the parameter, not a leaf. Counting it counts the weights.
+        return F.cross_entropy(mlp(few), torch.tensor([0, 1, 2, 3]))
+
     return [
         ("a linear layer", lambda: layer(x).sum()),
         ("a layer and a matmul with a parameter", lambda: (layer(x).relu() @ head).sum()),  # saves `head`
+        ("a 3-layer MLP on 4 samples", three_layers),
         ("one tensor saved twice", square),
         ("a bfloat16 forward pass", autocast_linear),
         ("views of one storage", view),
@@ -419,8 +437,10 @@ def _q4_cases() -> list[tuple[str, Callable[[], torch.Tensor]]]:
     hints=[
         "Define pack(t) that records t and returns t, and unpack(t) that returns t; run fn() inside "
         "`with torch.autograd.graph.saved_tensors_hooks(pack, unpack):`.",
-        "Skip `t.is_leaf and t.requires_grad` (parameters). Identify a storage by "
-        "`t.untyped_storage().data_ptr()` and count `t.untyped_storage().nbytes()` once per storage.",
+        "Skip parameters and views of parameters: `base = t._base if t._base is not None else t`, then skip "
+        "when `base.is_leaf and base.requires_grad`.",
+        "Identify a storage by `t.untyped_storage().data_ptr()` and count `t.untyped_storage().nbytes()` once "
+        "per storage.",
     ],
 )
 def q4(activation_bytes: Callable) -> str:
@@ -444,10 +464,16 @@ def q4(activation_bytes: Callable) -> str:
                 f"For {name} you counted 0 bytes: call fn() *inside* the saved_tensors_hooks with-block, "
                 "so that pack is called for every saved tensor."
             )
-        if got > want and _differs_by_parameters(fn, got - want):
+        if got > want and _differs_by_parameters(fn, got - want, views=False):
             raise Wrong(
                 f"For {name} you counted {got} bytes instead of {want}: you included the parameters. "
                 "Skip tensors with t.is_leaf and t.requires_grad: they exist anyway, they are not activations."
+            )
+        if got > want and _differs_by_parameters(fn, got - want, views=True):
+            raise Wrong(
+                f"For {name} you counted {got} bytes instead of {want}: you included views of the parameters "
+                "(nn.Linear saves weight.t(), which is not a leaf). Skip a tensor when its base "
+                "(`t._base if t._base is not None else t`) has is_leaf and requires_grad."
             )
         if got > want:
             raise Wrong(
@@ -463,16 +489,26 @@ def q4(activation_bytes: Callable) -> str:
             f"For {name} you counted {got} bytes instead of {want}. A saved view keeps its whole storage "
             "alive: count t.untyped_storage().nbytes(), not the view's own size."
         )
-    return "Your measurement matches saved_tensor_bytes on all five cases, including views and bfloat16."
+    return (
+        "Your measurement matches saved_tensor_bytes on all six cases, including views of parameters, "
+        "views of activations and bfloat16."
+    )
 
 
-def _differs_by_parameters(fn, difference: int) -> bool:
-    """True when ``difference`` is the size of some of the parameters (leaf tensors requiring grad) fn saved."""
+def _differs_by_parameters(fn, difference: int, views: bool) -> bool:
+    """True when ``difference`` is the size of the parameters fn saved: leaf tensors requiring grad, and, with
+    ``views=True``, also views of them (such as ``weight.t()``), each storage counted once."""
     sizes = []
+    seen = set()
 
     def pack(t):
-        if t.is_leaf and t.requires_grad:
-            sizes.append(t.untyped_storage().nbytes())
+        base = t if t._base is None else t._base
+        is_parameter = t.is_leaf and t.requires_grad
+        if is_parameter or (views and base.is_leaf and base.requires_grad):
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                sizes.append(storage.nbytes())
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

@@ -10,13 +10,15 @@ gradients were zeroed inside the loop), and so on.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from helpers.checks import ExerciseSet, NotAttempted, Wrong
+from helpers.checks import ExerciseSet, Wrong
 from helpers.models import DigitsMLP
 
 exercises = ExerciseSet("06_gradient_accumulation")
@@ -90,6 +92,65 @@ def _batch_sizes_seen(model: nn.Module):
         yield sizes
     finally:
         handle.remove()
+
+
+@contextlib.contextmanager
+def _forward_backward_order(model: nn.Module):
+    """Records, in order, each forward pass of ``model`` ("F") and when backward reached its output ("B")."""
+    events: list[tuple[str, int]] = []
+
+    def after_forward(module, args, output):
+        index = sum(1 for kind, _ in events if kind == "F")
+        events.append(("F", index))
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            def on_backward(grad):
+                events.append(("B", index))
+                if torch.is_autocast_enabled("cpu"):  # CPU backward runs on the caller's thread
+                    events.append(("backward under autocast", index))
+
+            output.register_hook(on_backward)
+
+    handle = model.register_forward_hook(after_forward)
+    try:
+        yield events
+    finally:
+        handle.remove()
+
+
+def _require_backward_per_micro_batch(events: list[tuple[str, int]]) -> None:
+    """Wrong when a forward pass started before the previous micro-batch's backward: all graphs held at once."""
+    position = {event: i for i, event in enumerate(events)}
+    forwards = [index for kind, index in events if kind == "F"]
+    for index in forwards[:-1]:
+        backward = position.get(("B", index))
+        if backward is not None and backward > position[("F", index + 1)]:
+            raise Wrong(
+                "You ran the next micro-batch's forward pass before the backward of the previous one (for example "
+                "by adding up the losses and calling backward() once). The gradient is the same, but every "
+                "micro-batch's activations stay in memory together: no saving at all. Call backward() on each "
+                "micro-batch's loss right after its forward pass."
+            )
+
+
+def _require_parameters(fn: Callable, names: Sequence[str]) -> None:
+    """Wrong when ``fn`` cannot be called with the task's arguments (say what they are)."""
+    try:
+        inspect.signature(fn).bind(*names)
+    except TypeError:
+        raise Wrong(
+            f"Your function should take ({', '.join(names)}), in that order; "
+            f"it takes {inspect.signature(fn)}."
+        ) from None
+    except ValueError:  # a builtin without a signature: let the call decide
+        pass
+
+
+def _require_zeroed(model: nn.Module, what: str) -> None:
+    if _has_gradients(model):
+        raise Wrong(
+            f"After your function the gradients are not zero: {what} Leave them zeroed for the next step "
+            "(call optimizer.zero_grad() after the step)."
+        )
 
 
 def _require_micro_batches(sizes: list[int], largest: int) -> None:
@@ -173,6 +234,7 @@ def _describe(
 )
 def q1(train_step: Callable[[nn.Module, torch.optim.Optimizer, MicroBatches, nn.Module], object]) -> str:
     """``train_step(model, optimizer, micro_batches, loss_fn)`` takes one step with the full-batch gradient."""
+    _require_parameters(train_step, ("model", "optimizer", "micro_batches", "loss_fn"))
     model = _model(seed=11)
     optimizer = _RecordingSGD(model.parameters())
     loss_fn = nn.CrossEntropyLoss()
@@ -184,13 +246,13 @@ def q1(train_step: Callable[[nn.Module, torch.optim.Optimizer, MicroBatches, nn.
         first = _gradient(model, micro_batches[:1], weight=lambda size, total: 1.0)
         last = _gradient(model, micro_batches[-1:], weight=lambda size, total: 1.0)
         previous = optimizer.grads_at_step[-1] if optimizer.grads_at_step else None
-        with _batch_sizes_seen(model) as seen:
+        with _batch_sizes_seen(model) as seen, _forward_backward_order(model) as order:
             train_step(model, optimizer, micro_batches, loss_fn)
         _require_micro_batches(seen, max(sizes))
         steps = len(optimizer.grads_at_step) - call
         if steps == 0:
             if call == 0 and not seen and not _has_gradients(model):
-                raise NotAttempted("train_step did nothing yet: write its body, then run the check again.")
+                raise Wrong("train_step ran but did nothing: it never called the model nor optimizer.step().")
             raise Wrong("optimizer.step() was never called: step once, after the last micro-batch.")
         if steps == n:
             raise Wrong(
@@ -208,6 +270,8 @@ def q1(train_step: Callable[[nn.Module, torch.optim.Optimizer, MicroBatches, nn.
         problem = _describe(got, full, n, first, last)
         if problem:
             raise Wrong(problem)
+        _require_backward_per_micro_batch(order)
+        _require_zeroed(model, "the step's gradients are still in .grad.")
     return f"Two steps, each with exactly the gradient of a batch of {sum(sizes)}, one micro-batch of {sizes[0]} at a time."
 
 
@@ -226,18 +290,23 @@ def q1(train_step: Callable[[nn.Module, torch.optim.Optimizer, MicroBatches, nn.
 )
 def q2(accumulate_gradients: Callable[[nn.Module, MicroBatches], object]) -> str:
     """``accumulate_gradients(model, micro_batches)`` leaves the full-batch mean gradient in ``.grad``."""
+    _require_parameters(accumulate_gradients, ("model", "micro_batches"))
     for sizes, seed in (([8, 8, 8, 6], 21), ([5, 12, 3], 22)):
         model = _model(seed=20)
+        start = [p.detach().clone() for p in model.parameters()]
         micro_batches = _micro_batches(sizes, seed)
         total, n = sum(sizes), len(sizes)
         shown = ", ".join(map(str, sizes))
-        with _batch_sizes_seen(model) as seen:
+        with _batch_sizes_seen(model) as seen, _forward_backward_order(model) as order:
             accumulate_gradients(model, micro_batches)
         _require_micro_batches(seen, max(sizes))
         if not any(p.grad is not None for p in model.parameters()):
             if not seen:
-                raise NotAttempted("accumulate_gradients did nothing yet: write its body, then run the check again.")
+                raise Wrong("accumulate_gradients ran but did nothing: it never called the model.")
             raise Wrong("The parameters have no .grad after your function: call backward() for each micro-batch.")
+        if not all(torch.equal(a, p) for a, p in zip(start, model.parameters())):
+            raise Wrong("Your function changed the weights: only accumulate the gradients in .grad, don't step.")
+        _require_backward_per_micro_batch(order)
         got = _grads(model.parameters())
         full = _gradient(model, micro_batches)
         by_steps = _gradient(model, micro_batches, weight=lambda size, total: 1 / n)
@@ -288,7 +357,12 @@ def _correct_should_step(batch_index: int, num_batches: int, accumulation_steps:
 )
 def q3(should_step: Callable[[int, int, int], bool]) -> str:
     """``should_step(batch_index, num_batches, accumulation_steps)``: step after this batch?"""
-    example = [bool(should_step(i, 10, 4)) for i in range(10)]
+    _require_parameters(should_step, ("batch_index", "num_batches", "accumulation_steps"))
+    example = [should_step(i, 10, 4) for i in range(10)]
+    if any(not isinstance(answer, (bool, np.bool_)) for answer in example):
+        answer = next(a for a in example if not isinstance(a, (bool, np.bool_)))
+        raise Wrong(f"should_step returned {answer!r} (a {type(answer).__name__}): return True or False.")
+    example = [bool(answer) for answer in example]
     steps_at = [i for i, step in enumerate(example) if step]
     if steps_at == [0, 4, 8] or steps_at == [0, 4, 8, 9]:
         raise Wrong(
@@ -309,6 +383,8 @@ def q3(should_step: Callable[[int, int, int], bool]) -> str:
                 answer = should_step(batch_index, num_batches, accumulation_steps)
                 if answer is None:
                     raise Wrong("should_step returned None: return True or False.")
+                if not isinstance(answer, (bool, np.bool_)):
+                    raise Wrong(f"should_step returned {answer!r} (a {type(answer).__name__}): return True or False.")
                 expected = _correct_should_step(batch_index, num_batches, accumulation_steps)
                 if bool(answer) != expected:
                     raise Wrong(
@@ -365,7 +441,7 @@ class _RecordingScaler(torch.amp.GradScaler):
 def _reference_amp_step(model, optimizer, scaler, micro_batches, loss_fn, max_norm) -> None:
     n = len(micro_batches)
     for x, y in micro_batches:
-        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        with torch.autocast(device_type="cpu", dtype=torch.float16):
             loss = loss_fn(model(x), y) / n
         scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
@@ -444,8 +520,8 @@ def _check_events(events: list[str], n: int) -> None:
     "q4",
     "Mixed precision with gradient accumulation",
     hints=[
-        "Per micro-batch: the forward pass and the loss under torch.autocast(device_type='cpu', dtype=torch.bfloat16), "
-        "then scaler.scale(loss / N).backward().",
+        "Per micro-batch: the forward pass and the loss under torch.autocast(device_type='cpu', dtype=torch.float16), "
+        "then scaler.scale(loss / N).backward() outside the with block.",
         "After the last micro-batch: scaler.unscale_(optimizer), then torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm).",
         "Then scaler.step(optimizer), scaler.update() and optimizer.zero_grad(), each once per step.",
     ],
@@ -461,13 +537,15 @@ def q4(amp_train_step: Callable[..., object]) -> str:
         optimizer = _RecordingSGD(model.parameters(), events)
         scalers = [_RecordingScaler(events, enabled=on) for on in enabled]
         autocast_on: list[bool] = []
-        handle = model.register_forward_pre_hook(
-            lambda module, args: autocast_on.append(torch.is_autocast_enabled("cpu"))
-        )
+        output_dtypes: list[torch.dtype] = []
+        handles = [
+            model.register_forward_pre_hook(lambda module, args: autocast_on.append(torch.is_autocast_enabled("cpu"))),
+            model.register_forward_hook(lambda module, args, output: output_dtypes.append(output.dtype)),
+        ]
         try:
             for call, batches in enumerate(steps):
                 start = len(events)
-                with _batch_sizes_seen(model) as seen:
+                with _batch_sizes_seen(model) as seen, _forward_backward_order(model) as order:
                     try:
                         amp_train_step(model, optimizer, scalers[call], batches, loss_fn, max_norm)
                     except NotImplementedError:
@@ -477,23 +555,38 @@ def q4(amp_train_step: Callable[..., object]) -> str:
                         _explain_refusal(events[start:])
                         raise
                 if call == 0 and not events and not seen:
-                    raise NotAttempted("amp_train_step did nothing yet: write its body, then run the check again.")
+                    raise Wrong("amp_train_step ran but did nothing: it never called the model nor the scaler.")
                 _require_micro_batches(seen, max(sizes))
+                if not all(autocast_on):
+                    raise Wrong(
+                        "Some forward passes ran without autocast: put the forward pass and the loss inside "
+                        "`with torch.autocast(device_type='cpu', dtype=torch.float16):`."
+                    )
+                wrong_dtype = next((d for d in output_dtypes if d != torch.float16), None)
+                if wrong_dtype is not None:
+                    raise Wrong(
+                        f"The model's output was {wrong_dtype}, not torch.float16 (the check looks at the dtype "
+                        "of the output itself): use dtype=torch.float16 in autocast. float16 is the precision "
+                        "that needs the GradScaler; bfloat16 would need no scaler."
+                    )
                 _check_events(events[start:], n)
+                _require_backward_per_micro_batch(order)
+                if any(kind == "backward under autocast" for kind, _ in order):
+                    raise Wrong(
+                        "backward() ran inside the autocast block: end the `with torch.autocast(...)` block "
+                        "after the loss, then call scaler.scale(loss / N).backward() outside it."
+                    )
+                _require_zeroed(model, "the step's gradients are still in .grad.")
         finally:
-            handle.remove()
-        if not all(autocast_on):
-            raise Wrong(
-                "Some forward passes ran without autocast: put the forward pass and the loss inside "
-                "`with torch.autocast(device_type='cpu', dtype=torch.bfloat16):`."
-            )
+            for handle in handles:
+                handle.remove()
         return optimizer.grads_at_step
 
-    # 1. No clipping (a huge max_norm): the gradient at each step must be the full-batch one. The
-    # second call gets a disabled scaler (as bfloat16 code would): an enabled one divides gradients
-    # left over from the first step by the scale, which would hide a missing zero_grad().
+    _require_parameters(amp_train_step, ("model", "optimizer", "scaler", "micro_batches", "loss_fn", "max_norm"))
+    # 1. No clipping (a huge max_norm): the gradient at each step must be the full-batch one, and
+    # the gradients zero after each call (checked on .grad itself).
     steps = [_micro_batches(sizes, 41), _micro_batches(sizes, 42)]
-    enabled = (True, False)
+    enabled = (True, True)
     model = _model(seed=40)
     want = _reference_amp_grads(model, steps, 1e9, enabled)
     full = _gradient(model, steps[0])
@@ -504,11 +597,6 @@ def q4(amp_train_step: Callable[..., object]) -> str:
         problem = _describe(got[0], full, n, first, last, rtol=1e-2)
         raise Wrong(problem or f"The gradient at the step differs from the expected one by "
                                f"{_relative_difference(got[0], want[0]):.0%} (relative).")
-    if _close(got[1], want[1] + got[0], rtol=1e-2):
-        raise Wrong(
-            "The second step also used the first step's gradients: nothing zeroed them. Call "
-            "optimizer.zero_grad() after the step."
-        )
     if not _close(got[1], want[1], rtol=1e-2):
         raise Wrong(f"The second step's gradient is {_relative_difference(got[1], want[1]):.0%} off the expected one.")
 
