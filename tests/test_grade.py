@@ -205,6 +205,9 @@ def test_the_gradebook_files_and_the_table(completed):
 
 # ---- one run where every submission fails in its own way: exit status 1 ---------------------
 
+BROKEN_TIMEOUT = 60
+
+
 @pytest.fixture(scope="module")
 def broken(tmp_path_factory):
     folder = tmp_path_factory.mktemp("broken")
@@ -212,12 +215,14 @@ def broken(tmp_path_factory):
     submissions = [
         write_notebook(folder / "frank_01.ipynb", IMPORT, Q1_RIGHT,
                        "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", Q2_CHECK),
-        write_notebook(folder / "gina_01.ipynb", IMPORT, Q1_RIGHT, "while True:\n    pass", Q2_CHECK),
+        write_notebook(folder / "gina_01.ipynb", IMPORT, Q1_RIGHT, "import time\nwhile True:\n    time.sleep(0.1)", Q2_CHECK),
         write_notebook(folder / "zed.ipynb", "x = 1"),
         folder / "notes_01.ipynb",
         folder / "missing.ipynb",
     ]
-    return gradebook(folder, *submissions, "--timeout", "12")  # room for importing torch on a busy CI machine
+    # A hang guard, not a speed test: frank's and gina's first cells (importing torch) must fit
+    # in it on a busy CI machine; gina's endless loop sleeps, so waiting for it costs no CPU.
+    return gradebook(folder, *submissions, "--timeout", str(BROKEN_TIMEOUT))
 
 
 def test_a_submission_that_cannot_be_graded_completely_gives_exit_status_1(broken):
@@ -236,10 +241,11 @@ def test_a_crashed_kernel_keeps_the_verdicts_given_before_it(broken):
 
 def test_an_endless_loop_is_stopped_at_the_timeout(broken):
     gina = broken.by_name["gina_01.ipynb"]
-    assert "timed out after 12 s in cell 3 [c2]" in gina["problem"]
+    assert f"timed out after {BROKEN_TIMEOUT} s in cell 3 [c2]" in gina["problem"]
     assert statuses(gina)["q1"] == "correct" and statuses(gina)["q2"] == "error"
     assert "timed out" in message(gina, "q2")
-    assert gina["seconds"] < 12 + 30  # the kernel start and the earlier cells, not much more
+    # Stopped, not left running: within the grader's own limit for a submission's process.
+    assert gina["seconds"] < BROKEN_TIMEOUT + 2 * grade.KERNEL_STARTUP_TIMEOUT + grade.WORKER_GRACE_SECONDS
 
 
 def test_a_file_that_is_not_a_notebook_gets_an_error_row(broken):
@@ -463,7 +469,7 @@ def test_lessons_lists_objectives_times_and_exercises():
 
 def test_help_on_the_command_line_documents_the_exit_statuses():
     result = subprocess.run([sys.executable, "-m", "helpers.grade", "--help"], capture_output=True, text=True,
-                            cwd=ROOT, timeout=60)
+                            cwd=ROOT, timeout=300)  # a hang guard
     assert result.returncode == 0, result.stderr
     text = " ".join(result.stdout.split())
     for phrase in ("--timeout SECONDS", "--csv FILE", "--json FILE", "--lesson NAME", "Exit status: 0",
