@@ -178,7 +178,13 @@ def header_markdown(name: str, meta: dict, variant: str) -> str:
 
 
 def setup_code() -> str:
-    """The setup cell: installs the course in Colab; elsewhere checks the helpers import."""
+    """The setup cell: installs the course in Colab; elsewhere checks the helpers import.
+
+    In Colab a failed clone or install stops the cell with a message that says what probably
+    went wrong and what to do, followed by what git or pip printed. ``GIT_TERMINAL_PROMPT=0``
+    keeps git from waiting for a password that nobody can type (a repository that does not exist
+    or is private makes git ask for one).
+    """
     return textwrap.dedent(
         f"""\
         # Setup. In Google Colab this fetches the course and installs its helpers (under a
@@ -187,11 +193,29 @@ def setup_code() -> str:
         import os, subprocess, sys
         if "google.colab" in sys.modules:
             COURSE_DIR = "{config.COLAB_CLONE_DIR}"
+            COURSE_URL = "{config.repository_url()}"
+
+            def setup_step(command, problem):
+                done = subprocess.run(command, capture_output=True, text=True,
+                                      env=dict(os.environ, GIT_TERMINAL_PROMPT="0"))
+                if done.returncode != 0:
+                    said = (done.stderr or done.stdout or "").strip()[-1500:]
+                    raise RuntimeError(problem + "\\n\\nWhat it printed:\\n" + said)
+
             if not os.path.isdir(COURSE_DIR):
-                subprocess.run(["git", "clone", "--quiet", "--depth", "1", "--branch", "{config.BRANCH}",
-                                "{config.repository_url()}", COURSE_DIR], check=True)
+                setup_step(
+                    ["git", "clone", "--quiet", "--depth", "1", "--branch", "{config.BRANCH}", COURSE_URL, COURSE_DIR],
+                    f"Could not download the course from {{COURSE_URL}}.\\n"
+                    "Either this runtime has no internet, or that repository does not exist or is private\\n"
+                    "(then git says 'could not read Username': it wanted a password).\\n"
+                    "What to do: check the URL in your browser. Working on a fork? Put the fork's name in\\n"
+                    "REPOSITORY in helpers/config.py, run `make notebooks`, push, and open the fork's notebook.\\n"
+                    "Then use Runtime > Restart session and run this cell again.")
             if not os.path.exists(os.path.join(COURSE_DIR, ".colab-installed")):
-                subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", COURSE_DIR + "[colab]"], check=True)
+                setup_step(
+                    [sys.executable, "-m", "pip", "install", "--quiet", COURSE_DIR + "[colab]"],
+                    "Could not install the course's helpers with pip (the last lines below say which package).\\n"
+                    "Usually the internet connection dropped. Use Runtime > Restart session and run this cell again.")
                 open(os.path.join(COURSE_DIR, ".colab-installed"), "w").close()
             os.chdir(COURSE_DIR)
         else:

@@ -270,11 +270,11 @@ def test_setup_cell_in_colab_clones_installs_once_leaves_torch_alone_and_moves_i
     monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
     calls = []
 
-    def fake_run(command, check):
-        assert check is True  # a failed clone or install must stop the notebook
+    def fake_run(command, **kwargs):
         calls.append(command)
         if command[0] == "git":
             os.makedirs(command[-1])
+        return subprocess.CompletedProcess(command, 0, "", "")
 
     monkeypatch.setattr(subprocess, "run", fake_run)
     monkeypatch.chdir(tmp_path)
@@ -287,3 +287,51 @@ def test_setup_cell_in_colab_clones_installs_once_leaves_torch_alone_and_moves_i
     # Non-editable (an editable install is not importable before a restart), nothing but the course:
     assert install_command[1:] == ["-m", "pip", "install", "--quiet", f"{clone}[colab]"]
     assert Path.cwd() == clone
+
+
+def fake_colab(tmp_path, monkeypatch, git_script):
+    """Colab as the setup cell sees it, with ``git`` replaced by ``git_script`` (bash)."""
+    import os
+    import sys
+    import types
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    git = bin_dir / "git"
+    git.write_text("#!/bin/bash\n" + git_script)
+    git.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(config, "COLAB_CLONE_DIR", str(tmp_path / "course"))
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.chdir(tmp_path)
+
+
+def test_setup_cell_in_colab_explains_a_failed_clone_and_never_waits_for_a_password(tmp_path, monkeypatch):
+    from helpers.generate import setup_code
+
+    # What git prints for a private or missing repository when it may not prompt.
+    fake_colab(tmp_path, monkeypatch,
+               'echo "GIT_TERMINAL_PROMPT=$GIT_TERMINAL_PROMPT" > "$(dirname "$0")/env.txt"\n'
+               "echo \"fatal: could not read Username for 'https://github.com': terminal prompts disabled\" >&2\n"
+               "exit 128\n")
+    with pytest.raises(RuntimeError) as raised:
+        exec(setup_code(), {})
+    text = str(raised.value)
+    assert f"Could not download the course from {config.repository_url()}" in text
+    for advice in ("no internet", "does not exist or is private", "helpers/config.py", "fork", "Restart session"):
+        assert advice in text
+    assert "could not read Username" in text  # git's own words follow the explanation
+    assert (tmp_path / "bin" / "env.txt").read_text().strip() == "GIT_TERMINAL_PROMPT=0"
+    assert not (tmp_path / "course").exists()
+
+
+def test_setup_cell_in_colab_explains_a_failed_install(tmp_path, monkeypatch):
+    from helpers.generate import setup_code
+
+    fake_colab(tmp_path, monkeypatch, 'mkdir -p "${@: -1}"\n')  # a clone with no Python project in it
+    with pytest.raises(RuntimeError) as raised:
+        exec(setup_code(), {})
+    text = str(raised.value)
+    assert "Could not install the course's helpers with pip" in text and "Restart session" in text
+    assert "What it printed:" in text and len(text.split("What it printed:")[1].strip()) > 0  # pip's own words
+    assert not (tmp_path / "course" / ".colab-installed").exists()  # the next run tries again
