@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from check_testing import assert_wrong
+from check_testing import assert_wrong, placeholder
 
 from helpers.checks import CORRECT, NOT_ATTEMPTED
 from helpers.exercises import lesson01 as ex
@@ -65,12 +65,54 @@ def test_q2_accepts_the_solution():
     assert ex.q2.evaluate(save_state_dict, load_for_inference).status == CORRECT
 
 
-def test_q2_not_attempted_when_nothing_is_written():
-    def placeholder_load(path):
-        raise NotImplementedError
+def test_q2_not_attempted_only_for_the_placeholder():
+    assert ex.q2.evaluate(placeholder, load_for_inference).status == NOT_ATTEMPTED
+    assert ex.q2.evaluate(save_state_dict, placeholder).status == NOT_ATTEMPTED
 
-    assert ex.q2.evaluate(lambda model, path: None, placeholder_load).status == NOT_ATTEMPTED
-    assert ex.q2.evaluate(save_state_dict, placeholder_load).status == NOT_ATTEMPTED
+
+def test_q2_rejects_saving_nothing():
+    assert_wrong(ex.q2.evaluate(lambda model, path: None, load_for_inference), "wrote no file at `path`")
+
+
+def test_q2_rejects_saving_to_a_fixed_file_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def fixed_name(model, path):
+        torch.save(model.state_dict(), "weights.pt")
+
+    def load_fixed_name(path):
+        return load_for_inference("weights.pt")
+
+    assert_wrong(ex.q2.evaluate(fixed_name, load_fixed_name), "wrote no file at `path`", "the path it was given")
+
+
+def test_q2_rejects_the_functions_called_instead_of_passed():
+    assert_wrong(ex.q2.evaluate(None, load_for_inference), "`save_weights` should be your function", "NoneType")
+    assert_wrong(ex.q2.evaluate(save_state_dict, DigitsCNN().eval()), "`load_weights` should be your function",
+                 "a model (DigitsCNN)")
+
+
+def test_q2_rejects_changing_the_model_while_saving():
+    def save_and_train(model, path):
+        torch.save(model.state_dict(), path)
+        model.train()
+
+    assert_wrong(ex.q2.evaluate(save_and_train, load_for_inference), "changed the model it was given")
+
+
+def test_q2_rejects_setting_only_the_outer_training_flag():
+    def flag_only(path):
+        model = DigitsCNN()
+        model.load_state_dict(torch.load(path, weights_only=True))
+        model.training = False
+        return model
+
+    assert_wrong(ex.q2.evaluate(save_state_dict, flag_only), "training mode", "classifier", "only the outer module")
+
+
+def test_q2_rejects_returning_the_state_dict():
+    verdict = ex.q2.evaluate(save_state_dict, lambda path: torch.load(path, weights_only=True))
+    assert_wrong(verdict, "returned a OrderedDict, not a model", "return the model itself")
 
 
 def test_q2_rejects_saving_the_whole_model():
@@ -132,10 +174,39 @@ def test_q3_accepts_the_solution_and_a_replace_based_one():
 
 
 def test_q3_not_attempted():
-    def placeholder(old):
-        raise NotImplementedError
-
     assert ex.q3.evaluate(placeholder).status == NOT_ATTEMPTED
+
+
+def test_q3_rejects_lstrip():
+    def with_lstrip(old):
+        new = {}
+        for key, value in old.items():
+            if key.startswith("body."):
+                key = "features." + key.lstrip("body.")
+            elif key.startswith("head."):
+                key = "classifier." + key.lstrip("head.")
+            new[key] = value
+        return new
+
+    assert_wrong(ex.q3.evaluate(with_lstrip), "lstrip", "wnsample.weight", "not a prefix")
+
+
+def test_q3_rejects_renaming_keys_without_the_dot():
+    def no_dot(old):
+        return {("features" + k[4:] if k.startswith("body") else "classifier" + k[4:] if k.startswith("head") else k): v
+                for k, v in old.items()}
+
+    assert_wrong(ex.q3.evaluate(no_dot), "works for DigitsCNN's keys, but not for others", "classifierline")
+
+
+def test_q3_rejects_a_list_of_pairs():
+    assert_wrong(ex.q3.evaluate(lambda old: list(upgrade(old).items())), "Return a dict of tensors, not a list")
+
+
+def test_q3_the_tricky_keys_expose_lstrip():
+    assert "body.downsample.weight".lstrip("body.") != "downsample.weight"
+    assert "head.head_scale".lstrip("head.") != "head_scale"
+    assert ex._upgraded_key("headline") == "headline" and ex._upgraded_key("body.bn.x") == "features.bn.x"
 
 
 def test_q3_rejects_renaming_only_one_block():
@@ -175,10 +246,25 @@ def test_q4_accepts_the_solution():
 
 
 def test_q4_not_attempted():
-    def placeholder(model, state_dict):
-        raise NotImplementedError
-
     assert ex.q4.evaluate(placeholder).status == NOT_ATTEMPTED
+
+
+def test_q4_rejects_returning_the_load_report():
+    def report(model, state_dict):
+        own = model.state_dict()
+        return model.load_state_dict({k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape},
+                                     strict=False)
+
+    assert_wrong(ex.q4.evaluate(report), "list of key strings", "missing_keys")
+
+
+def test_q4_rejects_returning_the_loaded_dict():
+    def loaded_dict(model, state_dict):
+        load_matching(model, state_dict)
+        own = model.state_dict()
+        return {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
+
+    assert_wrong(ex.q4.evaluate(loaded_dict), "list of key strings")
 
 
 def test_q4_rejects_plain_strict_false():
@@ -193,7 +279,7 @@ def test_q4_rejects_forgetting_to_return_the_skipped_keys():
     def no_return(model, state_dict):
         load_matching(model, state_dict)
 
-    assert_wrong(ex.q4.evaluate(no_return), "Return the list")
+    assert_wrong(ex.q4.evaluate(no_return), "Return the list", "nothing (None)")
 
 
 def test_q4_rejects_listing_only_the_shape_mismatches():

@@ -34,15 +34,19 @@ def test_q1_accepts_the_context_manager():
     assert ex.q1.evaluate(load_with_context_manager).status == CORRECT
 
 
-def test_q1_accepts_add_safe_globals_and_undoes_it():
+def test_q1_rejects_add_safe_globals_and_undoes_it():
     before = torch.serialization.get_safe_globals()
 
     def load_with_add(path):
         torch.serialization.add_safe_globals(NEEDED)
         return torch.load(path, weights_only=True)
 
-    assert ex.q1.evaluate(load_with_add).status == CORRECT
+    assert_wrong(ex.q1.evaluate(load_with_add), "allow-list of the whole process", "safe_globals([...])")
     assert set(torch.serialization.get_safe_globals()) == set(before)
+
+
+def test_q1_rejects_none_instead_of_a_function():
+    assert_wrong(ex.q1.evaluate(None), "`load_whole_digits_cnn` should be your function", "NoneType")
 
 
 def test_q1_not_attempted():
@@ -106,7 +110,25 @@ def test_q2_accepts_the_solution_and_the_allow_list_way():
 
 def test_q2_not_attempted():
     assert ex.q2.evaluate(placeholder).status == NOT_ATTEMPTED
-    assert ex.q2.evaluate(lambda whole_path, weights_path: None).status == NOT_ATTEMPTED
+
+
+def test_q2_rejects_writing_nothing_or_to_a_fixed_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_wrong(ex.q2.evaluate(lambda whole_path, weights_path: None), "wrote no file at weights_path")
+
+    def fixed_name(whole_path, weights_path):
+        torch.save(torch.load(whole_path, weights_only=False).state_dict(), "weights.pt")
+
+    assert_wrong(ex.q2.evaluate(fixed_name), "wrote no file at weights_path", "the path it was given")
+
+
+def test_q2_rejects_overwriting_the_whole_model_file():
+    def overwrite(whole_path, weights_path):
+        state_dict = torch.load(whole_path, weights_only=False).state_dict()
+        torch.save(state_dict, whole_path)
+        torch.save(state_dict, weights_path)
+
+    assert_wrong(ex.q2.evaluate(overwrite), "changed or removed the whole-model file")
 
 
 def test_q2_rejects_saving_the_model_again_or_copying_the_file():
@@ -174,8 +196,29 @@ def test_q3_accepts_the_solution():
 
 
 def test_q3_not_attempted():
-    assert ex.q3.evaluate(lambda model, path: None, placeholder).status == NOT_ATTEMPTED
+    assert ex.q3.evaluate(placeholder, load_safetensors).status == NOT_ATTEMPTED
     assert ex.q3.evaluate(save_safetensors, placeholder).status == NOT_ATTEMPTED
+
+
+def test_q3_rejects_writing_nothing_or_to_a_fixed_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_wrong(ex.q3.evaluate(lambda model, path: None, load_safetensors), "wrote no file at `path`")
+    fixed_name = lambda model, path: save_file(model.state_dict(), "digits.safetensors")
+    assert_wrong(ex.q3.evaluate(fixed_name, load_safetensors), "wrote no file at `path`", "the path it was given")
+
+
+def test_q3_rejects_setting_only_the_outer_training_flag():
+    def flag_only(path):
+        model = DigitsCNN()
+        model.load_state_dict(load_file(path))
+        model.training = False
+        return model
+
+    assert_wrong(ex.q3.evaluate(save_safetensors, flag_only), "training mode", "only the outer module")
+
+
+def test_q3_rejects_a_string_instead_of_a_function():
+    assert_wrong(ex.q3.evaluate("digits.safetensors", load_safetensors), "`save_safetensors` should be your function")
 
 
 def test_q3_rejects_torch_save_under_a_safetensors_name():
@@ -220,9 +263,37 @@ def test_q4_accepts_the_solution():
     assert ex.q4.evaluate(export_for_serving).status == CORRECT
 
 
+def test_q4_accepts_dim_auto():
+    def with_auto(model, example, path):
+        model.eval()
+        program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim.AUTO}})
+        torch.export.save(program, path)
+
+    assert ex.q4.evaluate(with_auto).status == CORRECT
+
+
 def test_q4_not_attempted():
     assert ex.q4.evaluate(placeholder).status == NOT_ATTEMPTED
-    assert ex.q4.evaluate(lambda model, example, path: None).status == NOT_ATTEMPTED
+
+
+def test_q4_rejects_writing_nothing_or_to_a_fixed_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_wrong(ex.q4.evaluate(lambda model, example, path: None), "wrote no file at `path`")
+
+    def fixed_name(model, example, path):
+        model.eval()
+        program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+        torch.export.save(program, "model.pt2")
+
+    assert_wrong(ex.q4.evaluate(fixed_name), "wrote no file at `path`", "torch.export.save")
+
+
+def test_q4_rejects_torch_save_of_the_program():
+    def pickled(model, example, path):
+        model.eval()
+        torch.save(torch.export.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}}), path)
+
+    assert_wrong(ex.q4.evaluate(pickled), "not a torch.export program", "not torch.save")
 
 
 def test_q4_rejects_a_fixed_batch_size():
@@ -241,8 +312,8 @@ def test_q4_rejects_exporting_in_training_mode():
 
 
 def test_q4_rejects_torch_save():
-    assert_wrong(ex.q4.evaluate(lambda model, example, path: torch.save(model.state_dict(), path)), "not a torch.export archive")
-    assert_wrong(ex.q4.evaluate(lambda model, example, path: path.write_text("hello")), "not a torch.export archive")
+    assert_wrong(ex.q4.evaluate(lambda model, example, path: torch.save(model.state_dict(), path)), "not a torch.export program")
+    assert_wrong(ex.q4.evaluate(lambda model, example, path: path.write_text("hello")), "not a torch.export program")
 
 
 def test_checks_leave_the_global_rng_alone():

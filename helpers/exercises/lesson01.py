@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from helpers.checks import ExerciseSet, NotAttempted, Wrong, read_state_dict_file
+from helpers.checks import ExerciseSet, Wrong, read_state_dict_file
 from helpers.models import DigitsCNN
 
 exercises = ExerciseSet("01_state_dict")
@@ -33,6 +33,11 @@ def _trained_looking_cnn(seed: int, num_classes: int = 10) -> DigitsCNN:
 
 def _sample_batch() -> torch.Tensor:
     return torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+def _modules_in_training_mode(model: nn.Module) -> list[str]:
+    """The names of ``model``'s submodules still in training mode (``model`` itself is ``"the model"``)."""
+    return [name or "the model" for name, module in model.named_modules() if module.training]
 
 
 @exercises.exercise(
@@ -74,15 +79,24 @@ def q1(buffer_keys, model: nn.Module) -> str:
 )
 def q2(save_weights: Callable[[nn.Module, Path], object], load_weights: Callable[[Path], nn.Module]) -> str:
     """``save_weights(model, path)`` writes the weights; ``load_weights(path)`` returns a new model."""
+    for name, answer in (("save_weights", save_weights), ("load_weights", load_weights)):
+        if isinstance(answer, nn.Module):
+            raise Wrong(f"`{name}` should be your function; you passed a model ({type(answer).__name__}).")
     model = _trained_looking_cnn(seed=2)
     x = _sample_batch()
     with torch.no_grad():
         expected = model(x)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "weights.pt"
+        path = Path(tmp) / "my_weights.pt"
         save_weights(model, path)
         if not path.exists():
-            raise NotAttempted("save_weights(model, path) wrote no file at `path`. Write it with torch.save(..., path).")
+            raise Wrong(
+                "save_weights(model, path) ran, but wrote no file at `path`, the path it was given. "
+                "Don't write to a file name of your own: torch.save(model.state_dict(), path)."
+            )
+        if model.training or any(not torch.equal(v, before[k]) for k, v in model.state_dict().items()):
+            raise Wrong("save_weights changed the model it was given (its weights or its mode). Only save it.")
         saved = read_state_dict_file(path)
         want = model.state_dict()
         if set(saved) != set(want):
@@ -92,13 +106,17 @@ def q2(save_weights: Callable[[nn.Module, Path], object], load_weights: Callable
         restored = load_weights(path)
     if not isinstance(restored, nn.Module):
         raise Wrong(
-            f"load_weights returned a {type(restored).__name__}, not a model. "
-            "load_state_dict() returns a report of keys: return the model itself."
+            f"load_weights returned a {type(restored).__name__}, not a model. torch.load gives a dict of "
+            "tensors and load_state_dict() a report of keys: return the model itself."
         )
-    if restored.training:
+    if not isinstance(restored, DigitsCNN):
+        raise Wrong(f"load_weights returned a {type(restored).__name__}: build a new DigitsCNN() and load the weights into it.")
+    still_training = _modules_in_training_mode(restored)
+    if still_training:
         raise Wrong(
-            "The model you return is in training mode, so dropout and BatchNorm change its outputs. "
-            "Call .eval() before returning it."
+            f"The model you return is in training mode ({_first(still_training, 2)}), so dropout and BatchNorm "
+            "change its outputs. Call .eval() before returning it: it switches every layer, "
+            "while model.training = False switches only the outer module."
         )
     with torch.no_grad():
         got = restored(x)
@@ -120,6 +138,18 @@ def make_old_state_dict(model: DigitsCNN) -> dict[str, torch.Tensor]:
                 key = old + key[len(new):]
         renamed[key] = value
     return renamed
+
+
+def _upgraded_key(key: str) -> str:
+    """What a correct upgrade makes of ``key``: the old prefix replaced at the start only."""
+    for old, new in OLD_NAMES.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+TRICKY_OLD_KEYS = ["body.downsample.weight", "body.bn.running_mean", "head.head_scale", "headline", "body_count"]
+"""Old keys that ``str.lstrip`` damages, or that must stay as they are (they don't start with a prefix)."""
 
 
 @exercises.exercise(
@@ -159,7 +189,25 @@ def q3(upgrade_checkpoint: Callable[[dict], dict]) -> str:
     target.load_state_dict(result)
     if any(not torch.equal(target.state_dict()[k], v) for k, v in source.state_dict().items()):
         raise Wrong("All keys match, but some tensors are not the ones from the old checkpoint.")
-    return f"All {len(want)} entries renamed, and the old dict is untouched."
+
+    # The course model's keys survive some wrong renamings by luck: try keys that don't.
+    tricky = {key: torch.full((1,), float(i)) for i, key in enumerate(TRICKY_OLD_KEYS)}
+    tricky_result = upgrade_checkpoint(dict(tricky))
+    if not isinstance(tricky_result, Mapping):
+        raise Wrong(f"On another old checkpoint your function returned a {type(tricky_result).__name__}, not a dict.")
+    expected = {_upgraded_key(k): v for k, v in tricky.items()}
+    if set(tricky_result) != set(expected):
+        wrong = sorted(set(tricky_result) - set(expected))
+        raise Wrong(
+            f"Your renaming works for DigitsCNN's keys, but not for others. From an old checkpoint with the keys "
+            f"{', '.join(TRICKY_OLD_KEYS)} you made {_first(wrong or tricky_result, 4)}. "
+            "str.lstrip('body.') strips the letters b, o, d, y and '.', not a prefix ('body.downsample.weight' "
+            "becomes 'wnsample.weight'); and keys that don't start with 'body.' or 'head.' stay as they are. "
+            "Use key.startswith(old) and key[len(old):]."
+        )
+    if any(not torch.equal(tricky_result[k], v) for k, v in expected.items()):
+        raise Wrong("On another old checkpoint the keys are right, but the tensors under them are not the old ones.")
+    return f"All {len(want)} entries renamed at the start of the key only, and the old dict is untouched."
 
 
 @exercises.exercise(
@@ -187,7 +235,13 @@ def q4(load_matching: Callable[[nn.Module, dict], Iterable[str]]) -> str:
             ) from None
         raise
     if skipped is None or isinstance(skipped, (str, bytes)) or not isinstance(skipped, Iterable):
-        raise Wrong("Return the list of keys you skipped.")
+        shown = "nothing (None)" if skipped is None else f"a {type(skipped).__name__}"
+        raise Wrong(f"Return the list of keys you skipped; your function returned {shown}.")
+    if isinstance(skipped, Mapping) or not all(isinstance(k, str) for k in skipped):
+        raise Wrong(
+            f"Return a list of key strings, such as ['classifier.1.weight', ...]; you returned a {type(skipped).__name__} "
+            "of other things. (load_state_dict's report holds two lists: missing_keys and unexpected_keys.)"
+        )
     skipped = set(skipped)
     expected_skipped = {"classifier.1.weight", "classifier.1.bias", "aux_head.weight"}
     after = target.state_dict()

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import copy
 import pickle
+import contextlib
+import logging
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -15,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from helpers.checks import ExerciseSet, NotAttempted, Wrong, read_state_dict_file
+from helpers.checks import ExerciseSet, Wrong, read_state_dict_file
 from helpers.models import DigitsCNN
 
 exercises = ExerciseSet("02_whole_model_vs_state_dict")
@@ -75,6 +78,33 @@ def _restore_safe_globals(before: list) -> None:
         torch.serialization.add_safe_globals(before)
 
 
+def _modules_in_training_mode(model: nn.Module) -> list[str]:
+    """The names of ``model``'s submodules still in training mode (``model`` itself is ``"the model"``)."""
+    return [name or "the model" for name, module in model.named_modules() if module.training]
+
+
+def _require_inference_mode(model: nn.Module) -> None:
+    still_training = _modules_in_training_mode(model)
+    if still_training:
+        raise Wrong(
+            f"The model you return is in training mode ({_first(still_training, 2)}), so dropout and BatchNorm "
+            "change its outputs. Call .eval() before returning it: it switches every layer, "
+            "while model.training = False switches only the outer module."
+        )
+
+
+@contextlib.contextmanager
+def _quiet_export_logs():
+    """Silence torch.export's own log lines while the check tries to load a file that may not be a .pt2."""
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _compare_state_dicts(saved: Mapping, want: Mapping, what: str) -> None:
     missing, unexpected = set(want) - set(saved), set(saved) - set(want)
     if missing:
@@ -126,6 +156,13 @@ def q1(load_whole_digits_cnn: Callable[[Path], nn.Module]) -> str:
                     f"Your function refused a clean DigitsCNN file: {refused} is not allow-listed. "
                     "The list needs DigitsCNN and every torch.nn layer class inside it."
                 ) from None
+            if set(torch.serialization.get_safe_globals()) != set(before):
+                raise Wrong(
+                    "Your function changed the allow-list of the whole process "
+                    "(torch.serialization.add_safe_globals), so every later torch.load trusts these classes too. "
+                    "Trust them for this one load only: with torch.serialization.safe_globals([...]): "
+                    "model = torch.load(path, weights_only=True)."
+                )
             if loaded is None:
                 raise Wrong("Your function returned None: return the model that torch.load gives you.")
             if not isinstance(loaded, DigitsCNN):
@@ -178,6 +215,7 @@ def q2(whole_to_weights: Callable[[Path, Path], object]) -> str:
         with tempfile.TemporaryDirectory() as tmp:
             whole_path, weights_path = Path(tmp) / "old_whole_model.pt", Path(tmp) / "weights.pt"
             torch.save(model, whole_path)
+            whole_bytes = whole_path.read_bytes()
             try:
                 whole_to_weights(whole_path, weights_path)
             except pickle.UnpicklingError:
@@ -186,8 +224,16 @@ def q2(whole_to_weights: Callable[[Path, Path], object]) -> str:
                     "file, so you may trust it: load it with weights_only set to False, or inside "
                     "torch.serialization.safe_globals([...]) with your list from exercise 1."
                 ) from None
+            if not whole_path.exists() or whole_path.read_bytes() != whole_bytes:
+                raise Wrong(
+                    "Your function changed or removed the whole-model file at whole_path. Leave it as it is "
+                    "(it is the only copy until the new file is checked) and write the new file at weights_path."
+                )
             if not weights_path.exists():
-                raise NotAttempted("whole_to_weights wrote no file at weights_path. Write it with torch.save(..., weights_path).")
+                raise Wrong(
+                    "whole_to_weights ran, but wrote no file at weights_path, the path it was given. "
+                    "Don't write to a file name of your own: torch.save(model.state_dict(), weights_path)."
+                )
             saved = read_state_dict_file(weights_path, "The file you wrote")
     finally:
         _restore_safe_globals(before)
@@ -226,7 +272,10 @@ def q3(
         path = Path(tmp) / "digits_cnn.safetensors"
         save_safetensors(model, path)
         if not path.exists():
-            raise NotAttempted("save_safetensors wrote no file at `path`. Use safetensors.torch.save_file(..., path).")
+            raise Wrong(
+                "save_safetensors ran, but wrote no file at `path`, the path it was given. "
+                "Don't write to a file name of your own: safetensors.torch.save_file(model.state_dict(), path)."
+            )
         try:
             saved = load_file(path)
         except SafetensorError:
@@ -242,24 +291,15 @@ def q3(
             f"load_safetensors returned a {type(restored).__name__}, not a model. load_file gives a dict of tensors: "
             "load it into a new DigitsCNN and return the model."
         )
-    if restored.training:
-        raise Wrong(
-            "The model you return is in training mode, so dropout and BatchNorm change its outputs. "
-            "Call .eval() before returning it."
-        )
+    if not isinstance(restored, DigitsCNN):
+        raise Wrong(f"load_safetensors returned a {type(restored).__name__}: build a new DigitsCNN() and load the weights into it.")
+    _require_inference_mode(restored)
     if not torch.equal(_outputs(restored, x), expected):
         raise Wrong("The loaded model's outputs differ from the saved model's: are the weights loaded into it?")
     return "A safetensors file, and a model that reproduces the outputs exactly."
 
 
 # ---- q4 -------------------------------------------------------------------------------------
-
-
-def _is_pt2_archive(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/archive_format") for name in archive.namelist())
 
 
 @exercises.exercise(
@@ -283,10 +323,23 @@ def q4(export_for_serving: Callable[[nn.Module, torch.Tensor, Path], object]) ->
         path = Path(tmp) / "digits_cnn.pt2"
         export_for_serving(model, example, path)
         if not path.exists():
-            raise NotAttempted("export_for_serving wrote no file at `path`. Save with torch.export.save(program, path).")
-        if not _is_pt2_archive(path):
-            raise Wrong("The file is not a torch.export archive: export with torch.export.export and save with torch.export.save.")
-        served = torch.export.load(path).module()
+            raise Wrong(
+                "export_for_serving ran, but wrote no file at `path`, the path it was given. "
+                "Save the program there with torch.export.save(program, path)."
+            )
+        try:
+            with warnings.catch_warnings(), _quiet_export_logs():
+                warnings.simplefilter("ignore")
+                program = torch.export.load(path)
+        except Exception as e:
+            raise Wrong(
+                f"torch.export.load cannot read the file you wrote ({type(e).__name__}), so it is not a torch.export "
+                "program. Export with torch.export.export(...) and save with torch.export.save(program, path), "
+                "not torch.save."
+            ) from None
+        if not isinstance(program, torch.export.ExportedProgram):
+            raise Wrong(f"torch.export.load gave a {type(program).__name__}: save an ExportedProgram with torch.export.save.")
+        served = program.module()
     for n in (4, 1, 7):
         x = _sample_batch(n)
         try:
