@@ -1,5 +1,6 @@
 """The committed course: generated files in sync, no outputs, links that resolve, current APIs."""
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -76,13 +77,28 @@ DEPRECATED = {
 }
 
 
+def _calls_with_weights_only_false(source: str) -> list[int]:
+    """Lines where code passes weights_only=False (a check's message may name it to explain it)."""
+    return [node.value.lineno for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.keyword) and node.arg == "weights_only"
+            and isinstance(node.value, ast.Constant) and node.value.value is False]
+
+
 def test_no_deprecated_or_unsafe_api_in_helpers_or_lessons():
     for path in [*ROOT.glob("helpers/**/*.py"), *SOLUTIONS]:
         text = path.read_text()
         for pattern, advice in DEPRECATED.items():
-            if pattern == "weights_only=False" and path.suffix == ".ipynb":
-                continue  # lessons may show it next to an explanation
+            if pattern == "weights_only=False":
+                if path.suffix == ".py":  # lessons may show it next to an explanation; helpers never call it
+                    lines = _calls_with_weights_only_false(text)
+                    assert not lines, f"{path.relative_to(ROOT)}:{lines} passes {pattern}: {advice}"
+                continue
             assert pattern not in text, f"{path.relative_to(ROOT)} uses {pattern}: {advice}"
+
+
+def test_the_unsafe_api_test_sees_a_call_but_not_a_message():
+    assert _calls_with_weights_only_false("torch.load(p, weights_only=False)") == [1]
+    assert _calls_with_weights_only_false('raise Wrong("you passed weights_only=False")') == []
 
 
 def test_ci_runs_the_readme_test_command():
