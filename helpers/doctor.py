@@ -62,7 +62,7 @@ _PARTS = {
     "optimizer": ("optimizer", "optimizer_state_dict", "optimizer_states", "optim"),
     "scheduler": ("scheduler", "lr_scheduler", "lr_schedulers", "scheduler_state_dict"),
     "scaler": ("scaler", "grad_scaler", "amp_scaler", "scaler_state_dict", "amp"),
-    "rng": ("rng_state", "rng_states", "random_state", "rng"),
+    "rng": ("rng_state", "rng_states", "rng_per_rank", "random_state", "rng"),
     "data position": ("data_generator_state", "sampler", "dataloader", "loops", "data_state"),
     "epoch/step": ("epoch", "step", "global_step", "iteration"),
 }
