@@ -551,32 +551,36 @@ def _shape(value: Any) -> tuple | None:
     return tuple(value.shape) if isinstance(value, torch.Tensor) else None
 
 
+def _whole_prefix(keys: list[str], target: set[str]) -> str | None:
+    """The prefix (up to three dotted parts) that every one of ``keys`` has, and without which they are exactly ``target``."""
+    parts = keys[0].split(".")
+    for depth in range(1, min(len(parts), 4)):
+        prefix = ".".join(parts[:depth]) + "."
+        if all(k.startswith(prefix) for k in keys) and {k[len(prefix):] for k in keys} == target:
+            return prefix
+    return None
+
+
 def _prefix_hint(model_keys: list[str], file_keys: list[str]) -> str | None:
     """A hint when the two key sets differ only by a prefix such as ``module.`` or ``_orig_mod.``."""
     if not model_keys or not file_keys:
         return None
-    model_set, file_set = set(model_keys), set(file_keys)
-
-    def candidates(keys: list[str]) -> list[str]:
-        parts = keys[0].split(".")
-        return [".".join(parts[:i]) + "." for i in range(1, min(len(parts), 4))]
-
-    for prefix in candidates(file_keys):
-        if all(k.startswith(prefix) for k in file_keys) and {k[len(prefix):] for k in file_keys} == model_set:
-            return (
-                f"Hint: every key in the file starts with {prefix!r} and matches the model without "
-                f"it (the file was saved from a wrapped model: DataParallel/DDP add 'module.', "
-                f"torch.compile adds '_orig_mod.', a Lightning module its attribute name). Strip it with torch.nn.modules.utils."
-                f"consume_prefix_in_state_dict_if_present(state_dict, {prefix!r}) (lesson 04)."
-            )
-    for prefix in candidates(model_keys):
-        if all(k.startswith(prefix) for k in model_keys) and {k[len(prefix):] for k in model_keys} == file_set:
-            return (
-                f"Hint: every key of the model starts with {prefix!r} and matches the file without "
-                f"it (the model is wrapped: DataParallel/DDP add 'module.', torch.compile adds "
-                f"'_orig_mod.'). Load into the unwrapped model (model.module or model._orig_mod), "
-                f"or save from the unwrapped model (lesson 04)."
-            )
+    prefix = _whole_prefix(file_keys, set(model_keys))
+    if prefix is not None:
+        return (
+            f"Hint: every key in the file starts with {prefix!r} and matches the model without "
+            f"it (the file was saved from a wrapped model: DataParallel/DDP add 'module.', "
+            f"torch.compile adds '_orig_mod.', a Lightning module its attribute name). Strip it with torch.nn.modules.utils."
+            f"consume_prefix_in_state_dict_if_present(state_dict, {prefix!r}) (lesson 04)."
+        )
+    prefix = _whole_prefix(model_keys, set(file_keys))
+    if prefix is not None:
+        return (
+            f"Hint: every key of the model starts with {prefix!r} and matches the file without "
+            f"it (the model is wrapped: DataParallel/DDP add 'module.', torch.compile adds "
+            f"'_orig_mod.'). Load into the unwrapped model (model.module or model._orig_mod), "
+            f"or save from the unwrapped model (lesson 04)."
+        )
     return None
 
 
