@@ -28,6 +28,7 @@ A lesson's checks live in ``helpers/exercises/lessonNN.py``::
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -301,3 +302,24 @@ def read_state_dict_file(path: str | os.PathLike, what: str = "The file you wrot
             "Save the state_dict itself, not a dict that contains it."
         )
     return dict(saved)
+
+
+@contextlib.contextmanager
+def watch_torch_load() -> Iterator[list[bool]]:
+    """For checkers: record, for every ``torch.load`` call inside, whether it passed ``weights_only=False``.
+
+    Yields the list it fills (one ``True`` per unsafe call); ``torch.load`` is put back afterwards.
+    A learner's code that looks up ``torch.load`` when it calls it is seen.
+    """
+    calls: list[bool] = []
+    original = torch.load
+
+    def load(*args, **kwargs):
+        calls.append(kwargs.get("weights_only") is False)
+        return original(*args, **kwargs)
+
+    torch.load = load
+    try:
+        yield calls
+    finally:
+        torch.load = original

@@ -208,3 +208,15 @@ def test_read_state_dict_file_says_what_the_file_holds_instead(tmp_path, saved, 
     assert str(wrong.value).startswith("Your answer file")
     for phrase in phrases:
         assert phrase in str(wrong.value)
+
+
+def test_watch_torch_load_records_unsafe_loads_and_puts_torch_load_back(tmp_path):
+    from helpers.checks import watch_torch_load
+
+    original = torch.load
+    torch.save({"w": torch.ones(2)}, tmp_path / "w.pt")
+    with watch_torch_load() as unsafe:
+        torch.load(tmp_path / "w.pt", weights_only=True)
+        torch.load(tmp_path / "w.pt", weights_only=False)
+    assert unsafe == [False, True]
+    assert torch.load is original

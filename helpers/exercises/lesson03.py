@@ -8,7 +8,6 @@ resume with the run that was not interrupted, bit for bit.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import pickle
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers.checkpointing import capture_rng_state
-from helpers.checks import ExerciseSet, Wrong
+from helpers.checks import ExerciseSet, Wrong, watch_torch_load
 from helpers.data import make_loaders
 from helpers.environment import seed_everything
 from helpers.models import DigitsMLP
@@ -53,23 +52,6 @@ STREAM_CODE = {
     "cuda": "torch.cuda.get_rng_state_all() when CUDA is available, else []",
 }
 _USE_CAPTURE = " (capture_rng_state() from helpers.checkpointing does all four, as in the recipe)"
-
-
-@contextlib.contextmanager
-def _watch_torch_load():
-    """Record, for every ``torch.load`` call inside, whether it passed ``weights_only=False``."""
-    calls: list[bool] = []
-    original = torch.load
-
-    def load(*args, **kwargs):
-        calls.append(kwargs.get("weights_only") is False)
-        return original(*args, **kwargs)
-
-    torch.load = load
-    try:
-        yield calls
-    finally:
-        torch.load = original
 
 
 _UNSAFE_LOAD = (
@@ -381,7 +363,7 @@ def q2(resume: Callable) -> str:
         fresh = _Run(seed=78)
         fresh.model.eval()  # "just evaluated", as the task says
         rng_before = _rng_now()
-        with _watch_torch_load() as unsafe:
+        with watch_torch_load() as unsafe:
             start = resume(path, fresh.model, fresh.optimizer, fresh.scheduler, fresh.loader)
         if not path.is_file() or path.read_bytes() != file_before:
             raise Wrong("Your function changed or removed the checkpoint file: resuming only reads it.")
@@ -591,7 +573,7 @@ def q4(latest_complete: Callable) -> str:
         expected = make_crashed_folder(tmp / "crashed")
         before = _snapshot(expected.parent)
         try:
-            with _watch_torch_load() as unsafe:
+            with watch_torch_load() as unsafe:
                 answer = latest_complete(expected.parent)
         except NotImplementedError:  # the placeholder (a RuntimeError too): not attempted
             raise

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from helpers.checkpointing import capture_rng_state, restore_rng_state
-from helpers.checks import ExerciseSet, Wrong
+from helpers.checks import ExerciseSet, Wrong, watch_torch_load
 from helpers.models import DigitsCNN, DigitsMLP
 
 exercises = ExerciseSet("04_devices_and_multi_gpu_checkpoints")
@@ -389,25 +389,15 @@ def q5(load_ddp_checkpoint: Callable[..., object]) -> str:
             locations.append(location)
             return storage
 
-        load_calls = []
-        real_load = torch.load
-
-        def recording_load(*args, **kwargs):
-            load_calls.append(kwargs)
-            return real_load(*args, **kwargs)
-
         _rank_state(999)                                 # where a new process's generators would be
-        torch.load = recording_load
-        try:
+        with watch_torch_load() as unsafe_loads:
             start = load_ddp_checkpoint(path, model, optimizer, 1, map_location)
-        finally:
-            torch.load = real_load
         got = _draws()
     restore_rng_state(saved["rng_per_rank"][1])
     want_rank1 = _draws()
     restore_rng_state(saved["rng_per_rank"][0])
     want_rank0 = _draws()
-    if load_calls and any(call.get("weights_only") is False for call in load_calls):
+    if any(unsafe_loads):
         raise Wrong("You loaded with weights_only=False, which runs any code pickled in the file. Use weights_only=True.")
     if not locations:
         raise Wrong(
